@@ -1,0 +1,96 @@
+"""Epoch orders for training: a shuffled pass or identity-balanced batches, both a pure function of (seed, epoch).
+
+An epoch is ``num_examples // global_batch_size`` global batches (the remainder is dropped) for both samplers, so a
+step maps to (epoch, batch) without replaying earlier epochs and resuming at any step costs one epoch order.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  """Number of full global batches in one pass over ``num_examples``."""
+  if global_batch_size <= 0:
+    raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+  steps = num_examples // global_batch_size
+  if steps == 0:
+    raise ValueError(f"{num_examples} training examples cannot fill one global batch of {global_batch_size}")
+  return steps
+
+
+def _rng(seed: int, epoch: int) -> np.random.Generator:
+  return np.random.default_rng([seed % 2**63, epoch])
+
+
+class RandomSampler:
+  """Each epoch: a fresh permutation of all examples, truncated to whole global batches."""
+
+  def __init__(self, num_examples: int, global_batch_size: int, seed: int):
+    self.num_examples = num_examples
+    self.global_batch_size = global_batch_size
+    self.seed = seed
+    self.steps_per_epoch = steps_per_epoch(num_examples, global_batch_size)
+
+  def epoch_order(self, epoch: int) -> np.ndarray:
+    """-> int64 [steps_per_epoch * global_batch_size] example indices."""
+    return _rng(self.seed, epoch).permutation(self.num_examples)[:self.steps_per_epoch * self.global_batch_size]
+
+
+class IdentitySampler:
+  """Global batches of N identities × K instances (K = ``num_instances``, N = batch // K), identities distinct.
+
+  Per epoch and identity, its examples are shuffled and cut into groups of K (an identity with fewer than K examples
+  is filled up by drawing with replacement; a trailing partial group is dropped). Batches take N random identities
+  that still have groups left. When fewer than N such identities remain before the epoch has its
+  ``steps_per_epoch`` batches, the groups are rebuilt from the same generator and filling continues.
+  """
+
+  def __init__(self, pids: np.ndarray, global_batch_size: int, num_instances: int, seed: int):
+    pids = np.asarray(pids)
+    if num_instances <= 0 or global_batch_size % num_instances:
+      raise ValueError(f"global batch {global_batch_size} is not a multiple of num_instances={num_instances}")
+    self.ids_per_batch = global_batch_size // num_instances
+    self.by_pid = [np.flatnonzero(pids == p) for p in np.unique(pids)]
+    if len(self.by_pid) < self.ids_per_batch:
+      raise ValueError(f"identity sampler needs {self.ids_per_batch} identities per batch, data has "
+                       f"{len(self.by_pid)}")
+    self.num_instances = num_instances
+    self.global_batch_size = global_batch_size
+    self.seed = seed
+    self.steps_per_epoch = steps_per_epoch(len(pids), global_batch_size)
+
+  def _groups(self, rng: np.random.Generator) -> list[list[np.ndarray]]:
+    k, groups = self.num_instances, []
+    for members in self.by_pid:
+      members = rng.choice(members, k, replace=True) if len(members) < k else rng.permutation(members)
+      groups.append([members[i:i + k] for i in range(0, len(members) - k + 1, k)])
+    return groups
+
+  def epoch_order(self, epoch: int) -> np.ndarray:
+    """-> int64 [steps_per_epoch * global_batch_size]; every consecutive K indices share one identity."""
+    rng, batches = _rng(self.seed, epoch), []
+    while len(batches) < self.steps_per_epoch:
+      groups = self._groups(rng)
+      available = [i for i, g in enumerate(groups) if g]
+      while len(available) >= self.ids_per_batch and len(batches) < self.steps_per_epoch:
+        chosen = rng.choice(available, self.ids_per_batch, replace=False)
+        batches.append(np.concatenate([groups[i].pop() for i in chosen]))
+        available = [i for i in available if groups[i]]
+    return np.concatenate(batches).astype(np.int64)
+
+
+class StepIndexer:
+  """Maps a global step to the example indices of its global batch; keeps the current epoch's order cached."""
+
+  def __init__(self, sampler: RandomSampler | IdentitySampler):
+    self.sampler = sampler
+    self._order = functools.lru_cache(maxsize=2)(sampler.epoch_order)
+
+  def global_batch(self, step: int) -> np.ndarray:
+    """step -> int64 [global_batch_size] example indices."""
+    epoch, batch = divmod(int(step), self.sampler.steps_per_epoch)
+    size = self.sampler.global_batch_size
+    return self._order(epoch)[batch * size:(batch + 1) * size]
