@@ -1,0 +1,381 @@
+"""Training objectives of IRRA, FMFA and the part-level correspondence model, as pure jax.numpy functions.
+
+Every function accepts float32 or bfloat16 inputs, computes in float32 and returns a float32 scalar; all are
+jit-able, stateless, and take randomness only through an explicit PRNG key. Notation: B batch, D feature dim,
+y person ids, x̂ = x/‖x‖, s logit scale (50 = 1/0.02).
+
+| function | reproduces |
+|---|---|
+| sdm_loss | IRRA similarity distribution matching (KL to the identity distribution, both directions summed) |
+| asdm_loss | FMFA adaptive SDM: released code (cosine gap, α = 0.1) or paper Eq. 2 (probability gap) |
+| id_loss | IRRA/FMFA identity classification loss (shared classifier, mean of the image and text CEs) |
+| mlm_loss | IRRA implicit relation reasoning (masked-token CE over labelled positions) |
+| itc_loss | CLIP InfoNCE (identity-blind) |
+| efa_loss | FMFA explicit fine-grained alignment, arithmetic of the released code |
+| triplet_ranking_loss | SSAN/LGUR/PLOT ranking loss with random semi-hard negatives |
+| cmr_loss | commonality-based margin ranking loss (per-part triplets with per-anchor margins) |
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_F32 = jnp.float32
+
+
+def _f32(*xs):
+  return tuple(jnp.asarray(x).astype(_F32) for x in xs)
+
+
+def _unit(x: jax.Array) -> jax.Array:
+  """x/‖x‖ over the last axis with no epsilon (IRRA/FMFA): a zero vector gives NaN, as in the reference."""
+  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _check_pair(name: str, image_feats, text_feats, pids) -> None:
+  if image_feats.ndim != 2 or image_feats.shape != text_feats.shape:
+    raise ValueError(f"{name}: image_feats {image_feats.shape} and text_feats {text_feats.shape} must both be [B, D]")
+  if pids.shape != (image_feats.shape[0],):
+    raise ValueError(f"{name}: pids {pids.shape} must be [B] with B = {image_feats.shape[0]}")
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-row CE, logits [..., K] float32, labels [...] int -> [...]."""
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return lse - picked
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distribution matching family (SDM, A-SDM, ITC, ID, MLM)
+
+
+def _sdm_rows(image_feats, text_feats, pids, logit_scale, epsilon):
+  """Row KL terms. Returns (r_i2t [B], r_t2i [B], cos c [B,B] (c_ij = t̂_i·v̂_j), same-id matrix Y [B,B])."""
+  v, t = _f32(image_feats, text_feats)
+  c = _unit(t) @ _unit(v).T
+  same = (pids[:, None] == pids[None, :]).astype(_F32)
+  q = same / jnp.sum(same, axis=1, keepdims=True)
+  log_q = jnp.log(q + epsilon)
+
+  def row_kl(logits):
+    log_p = jax.nn.log_softmax(logits, axis=1)
+    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=1)
+
+  return row_kl(logit_scale * c.T), row_kl(logit_scale * c), c, same
+
+
+def sdm_loss(image_feats, text_feats, pids, logit_scale=50.0, epsilon=1e-8):
+  """IRRA similarity distribution matching. image_feats, text_feats [B, D] (f32/bf16), pids int [B] -> f32 [].
+
+  q_ij = 1[y_i=y_j]/Σ_k 1[y_i=y_k]; p^d_i = softmax(s·c^d_i·) with c^{t2i}_ij = t̂_i·v̂_j, c^{i2t} = (c^{t2i})ᵀ;
+  L = mean_i KL(p^{i2t}_i ‖ q_i + ε) + mean_i KL(p^{t2i}_i ‖ q_i + ε) — the two directions are summed. q is constant.
+  """
+  pids = jnp.asarray(pids)
+  _check_pair("sdm_loss", image_feats, text_feats, pids)
+  r_i2t, r_t2i, _, _ = _sdm_rows(image_feats, text_feats, pids, logit_scale, epsilon)
+  return jnp.mean(r_i2t) + jnp.mean(r_t2i)
+
+
+def asdm_loss(image_feats, text_feats, pids, logit_scale=50.0, alpha=0.1, gap="cosine", epsilon=1e-8):
+  """FMFA adaptive SDM. image_feats, text_feats [B, D] (f32/bf16), pids int [B] -> f32 [].
+
+  L = mean_i w^{i2t}_i r^{i2t}_i + mean_i w^{t2i}_i r^{t2i}_i with r the SDM row KLs and w = 1 + α·gap.
+  gap="cosine" (released code; use α = 0.1): gap_i = C_ik − C_iℓ with k = argmax_j C_ij, ℓ = the FIRST batch index
+  sharing y_i (not necessarily i), 0 when k = ℓ; C is the raw cosine matrix of the direction. gap="prob" (paper
+  Eq. 2; the paper uses α = 10, or 1 on RSTPReid): gap_i = max_k p_ik − p_ii with p the softmax at logit_scale.
+  The weight is NOT detached in either mode (the released code lets the gradient flow through it).
+  """
+  pids = jnp.asarray(pids)
+  _check_pair("asdm_loss", image_feats, text_feats, pids)
+  r_i2t, r_t2i, c, same = _sdm_rows(image_feats, text_feats, pids, logit_scale, epsilon)
+  rows = jnp.arange(c.shape[0])
+  if gap == "cosine":
+    first_same = jnp.argmax(same, axis=1)
+
+    def gap_of(cos):
+      top = jnp.argmax(cos, axis=1)
+      diff = cos[rows, top] - cos[rows, first_same]
+      return jnp.where(top != first_same, diff, 0.0)
+  elif gap == "prob":
+
+    def gap_of(cos):
+      p = jax.nn.softmax(logit_scale * cos, axis=1)
+      return jnp.max(p, axis=1) - p[rows, rows]
+  else:
+    raise ValueError(f"asdm_loss: gap must be 'cosine' or 'prob', got {gap!r}")
+  w_i2t = 1.0 + alpha * gap_of(c.T)
+  w_t2i = 1.0 + alpha * gap_of(c)
+  return jnp.mean(w_i2t * r_i2t) + jnp.mean(w_t2i * r_t2i)
+
+
+def itc_loss(image_feats, text_feats, logit_scale):
+  """CLIP InfoNCE. image_feats, text_feats [B, D] (f32/bf16) -> f32 [].
+
+  L = ½[CE(s·V̂T̂ᵀ, arange B) + CE(s·T̂V̂ᵀ, arange B)]; identity-blind (same-id pairs are negatives).
+  """
+  v, t = _f32(image_feats, text_feats)
+  if v.ndim != 2 or v.shape != t.shape:
+    raise ValueError(f"itc_loss: image_feats {v.shape} and text_feats {t.shape} must both be [B, D]")
+  logits = logit_scale * (_unit(v) @ _unit(t).T)
+  labels = jnp.arange(v.shape[0])
+  return 0.5 * (jnp.mean(_cross_entropy(logits, labels)) + jnp.mean(_cross_entropy(logits.T, labels)))
+
+
+def id_loss(image_logits, text_logits, pids):
+  """Identity loss. image_logits, text_logits [B, K] (f32/bf16), pids int [B] in [0, K) -> f32 [].
+
+  L = ½[mean_b CE(image_logits_b, y_b) + mean_b CE(text_logits_b, y_b)].
+  """
+  li, lt = _f32(image_logits, text_logits)
+  pids = jnp.asarray(pids)
+  if li.ndim != 2 or li.shape != lt.shape or pids.shape != li.shape[:1]:
+    raise ValueError(f"id_loss: logits {li.shape}/{lt.shape} must both be [B, K] and pids {pids.shape} [B]")
+  return 0.5 * (jnp.mean(_cross_entropy(li, pids)) + jnp.mean(_cross_entropy(lt, pids)))
+
+
+def mlm_loss(logits, labels, ignore_index=0):
+  """Masked-token CE. logits [N, V] or [B, L, V] (f32/bf16), labels int [N] or [B, L] -> f32 [].
+
+  L = Σ_{n: y_n ≠ ignore} CE(logits_n, y_n) / #{n: y_n ≠ ignore}. With no labelled position the loss is 0 (PyTorch's
+  ignore_index CE would return NaN there); the IRRA masking recipe always labels at least one position.
+  """
+  logits = jnp.asarray(logits)
+  labels = jnp.asarray(labels)
+  if logits.shape[:-1] != labels.shape:
+    raise ValueError(f"mlm_loss: logits {logits.shape} must be labels {labels.shape} + [V]")
+  valid = labels != ignore_index
+  safe_labels = jnp.where(valid, labels, 0)
+  lse = jax.nn.logsumexp(logits.astype(_F32), axis=-1)
+  picked = jnp.take_along_axis(logits, safe_labels[..., None].astype(jnp.int32), axis=-1)[..., 0].astype(_F32)
+  ce = jnp.where(valid, lse - picked, 0.0)
+  return jnp.sum(ce) / jnp.maximum(jnp.sum(valid), 1).astype(_F32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# EFA (FMFA explicit fine-grained alignment)
+
+
+def _normalize_eps(x: jax.Array, axis: int = -1) -> jax.Array:
+  """x / max(‖x‖, 1e-12): the torch.nn.functional.normalize arithmetic used by the EFA code (finite gradient at 0)."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), 1e-24))
+
+
+def _sparse_aggregate(text_tokens, image_patches, text_mask, safe):
+  """Language-grouped vision embeddings. text [B,L,D], patches [B,N,D], mask [B,L] bool|None -> E [B,L,D]."""
+  n = image_patches.shape[1]
+  a = jnp.einsum("bld,bnd->bln", text_tokens, image_patches)
+  lo = jnp.min(a, axis=-1, keepdims=True)
+  span = jnp.max(a, axis=-1, keepdims=True) - lo
+  if safe:
+    span = span + 1e-6
+  if text_mask is not None:
+    span = jnp.where(text_mask[..., None], span, 1.0)  # padded rows are dropped later; keep them finite
+  a = (a - lo) / span
+  a = jnp.where(a > 1.0 / n, a, 0.0)
+  total = jnp.sum(a, axis=-1, keepdims=True)
+  if safe:
+    total = jnp.maximum(total, 1e-12)
+  if text_mask is not None:
+    a = jnp.where(text_mask[..., None], a, 0.0)
+    total = jnp.where(text_mask[..., None], total, 1.0)
+  return jnp.einsum("bln,bnd->bld", a / total, image_patches)
+
+
+def _hard_coding_similarity(x, e, x_mask, e_mask, temperature, row_block):
+  """S_ij = log Σ_l exp(max_m ⟨x̂_il, ê_jm⟩ / t), rows L2-normalised. x [B,Lx,D], e [B,Le,D] -> [B, B]."""
+  x_hat, e_hat = _normalize_eps(x), _normalize_eps(e)
+  if x_mask is None:
+    x_mask = jnp.ones(x.shape[:2], bool)
+
+  @jax.checkpoint
+  def one_row(args):
+    x_i, m_i = args
+    sim = jnp.einsum("ld,jmd->jlm", x_i, e_hat)  # [B, Lx, Le]
+    if e_mask is not None:
+      sim = jnp.where(e_mask[:, None, :], sim, -jnp.inf)
+    z = jnp.where(m_i[None, :], jnp.max(sim, axis=-1) / temperature, -jnp.inf)
+    return jax.nn.logsumexp(z, axis=-1)
+
+  s = jax.lax.map(one_row, (x_hat, x_mask), batch_size=min(row_block, x.shape[0]))
+  return _normalize_eps(s, axis=1)
+
+
+def _efa_margin_term(s: jax.Array, margin: float) -> jax.Array:
+  """(1/B)Σ_j LSE_i H_ij + (1/B)Σ_j LSE_i G_ij, G_ij = S_ij−S_ii+m, H_ij = S_ij−S_jj+m, zero diagonals."""
+  d = jnp.diag(s)
+  eye = jnp.eye(s.shape[0], dtype=bool)
+  g = jnp.where(eye, 0.0, s - d[:, None] + margin)
+  h = jnp.where(eye, 0.0, s - d[None, :] + margin)
+  return jnp.mean(jax.nn.logsumexp(h, axis=0)) + jnp.mean(jax.nn.logsumexp(g, axis=0))
+
+
+def efa_loss(text_tokens, image_patches, margin_t2e=0.1, margin_i2e=0.9, lse_temperature=1.0, text_mask=None,
+             safe=False, row_block=8):
+  """FMFA explicit fine-grained alignment. text_tokens [B, L, D], image_patches [B, N, D] (f32/bf16, CLS dropped),
+  text_mask bool [B, L] or None -> f32 [].
+
+  E_b = W_b V_b with W = row-normalised 1[Ā > 1/N]·Ā, Ā = per-row min-max of T_b V_bᵀ; S(X) = row-L2-normalised
+  [log Σ_l exp(max_m ⟨x̂_il, ê_jm⟩ / t)]_ij; ℓ(S, m) = mean_j LSE_i(S_ij−S_jj+m) + mean_j LSE_i(S_ij−S_ii+m) with the
+  diagonals set to 0 inside the LSEs; L = ℓ(S(T), m_t2e) + ℓ(S(V), m_i2e).
+
+  Reference quirks kept on purpose (FMFA release arithmetic): min-max without epsilon (a constant row gives NaN; pass
+  safe=True to add 1e-6 to the range and guard the empty-row sum), threshold strict ``>`` 1/N (the paper writes ≥),
+  the extra row L2-normalisation of S (not in the paper), both LSEs over the FIRST index (the G term mixes anchors),
+  the zero diagonal kept inside the LSEs, nothing detached. Defaults are the HEAD values (margins 0.1/0.9, t = 1);
+  the first release used t = 0.1 and margins 0.1/0.1. Token and S normalisations divide by max(‖x‖, 1e-12) like
+  torch's F.normalize.
+
+  text_mask=None keeps every text position (SOT, EOT, padding), as the reference does. With a mask, padded text rows
+  are left out of the aggregation (their E rows are excluded from the max over E tokens in both terms) and padded
+  text tokens are left out of the LSE over X tokens when X = T. Each caption needs at least one valid position.
+
+  Cost: the hard-coding step needs B·B·L_x·L·D multiply-adds per term (B = 128, L = 77, N = 192, D = 512: ≈ 0.25
+  TFLOP for the V term); it runs as a lax.map over blocks of ``row_block`` anchors with rematerialisation, so live
+  memory is O(row_block·B·L_x·L) instead of O(B²·L_x·L) in both the forward and the backward pass.
+  """
+  t, v = _f32(text_tokens, image_patches)
+  if t.ndim != 3 or v.ndim != 3 or t.shape[0] != v.shape[0] or t.shape[2] != v.shape[2]:
+    raise ValueError(f"efa_loss: text_tokens {t.shape} must be [B, L, D] and image_patches {v.shape} [B, N, D]")
+  if text_mask is not None:
+    text_mask = jnp.asarray(text_mask).astype(bool)
+    if text_mask.shape != t.shape[:2]:
+      raise ValueError(f"efa_loss: text_mask {text_mask.shape} must be [B, L] = {t.shape[:2]}")
+  e = _sparse_aggregate(t, v, text_mask, safe)
+  s_t = _hard_coding_similarity(t, e, text_mask, text_mask, lse_temperature, row_block)
+  s_v = _hard_coding_similarity(v, e, None, text_mask, lse_temperature, row_block)
+  return _efa_margin_term(s_t, margin_t2e) + _efa_margin_term(s_v, margin_i2e)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ranking losses with semi-hard negative mining (SSAN -> LGUR -> PLOT; commonality margins)
+
+
+def _cosine_eps(a: jax.Array, b: jax.Array) -> jax.Array:
+  """cos with +1e-8 on the norms (SSAN/PLOT). a [B, D], b [B, D] -> [B, B]."""
+  a = a / (jnp.linalg.norm(a, axis=-1, keepdims=True) + 1e-8)
+  b = b / (jnp.linalg.norm(b, axis=-1, keepdims=True) + 1e-8)
+  return a @ b.T
+
+
+def mine_semi_hard_negatives(similarity, pids, key, margin=0.2):
+  """Random semi-hard negative per anchor row. similarity [B, B] (row a = anchor a), pids int [B], key ->
+  (negative index int32 [B], found bool [B]).
+
+  Candidates of anchor a: n with y_n ≠ y_a and 0 < S_an − S_aa + m < m; one is drawn uniformly (argmax of uniform
+  noise over the candidates). found[a] is False when a has no candidate (the index is then meaningless).
+  Works on stop-gradient values.
+  """
+  s = jax.lax.stop_gradient(jnp.asarray(similarity).astype(_F32))
+  pids = jnp.asarray(pids)
+  h = s - jnp.diag(s)[:, None] + margin
+  cand = (pids[:, None] != pids[None, :]) & (h > 0) & (h < margin)
+  noise = jax.random.uniform(key, s.shape)
+  neg = jnp.argmax(jnp.where(cand, noise, -1.0), axis=1).astype(jnp.int32)
+  return neg, jnp.any(cand, axis=1)
+
+
+def _directional_ranking(similarity, pids, key, margin, hinge_margins):
+  """Σ_a [m'_a − S_aa + S_{a,n*_a}]_+ over anchors with a semi-hard negative, or the single fallback triplet."""
+  b = similarity.shape[0]
+  neg, found = mine_semi_hard_negatives(similarity, pids, key, margin)
+  rows = jnp.arange(b)
+  pos_s = jnp.diag(similarity)
+  hinge = jax.nn.relu(hinge_margins - pos_s + similarity[rows, neg])
+  mined = jnp.sum(jnp.where(found, hinge, 0.0))
+  last = b - 1
+  other = pids != pids[last]
+  fb_neg = jnp.argmax(other)  # lowest-index negative of the last anchor
+  fb = jax.nn.relu(hinge_margins[last] - pos_s[last] + similarity[last, fb_neg])
+  use_fb = jnp.logical_not(jnp.any(found)) & jnp.any(other)
+  return mined + jnp.where(use_fb, fb, 0.0)
+
+
+def _margins(hinge, b, margin, name):
+  if hinge is None:
+    return jnp.full((b,), margin, _F32)
+  hinge = jnp.asarray(hinge).astype(_F32)
+  if hinge.shape != (b,):
+    raise ValueError(f"{name}: hinge margins {hinge.shape} must be [B] = ({b},)")
+  return hinge
+
+
+def triplet_ranking_loss(image_feats, text_feats, pids, key, margin=0.2, hinge_margins=None):
+  """Bidirectional ranking loss with random semi-hard negatives. image_feats, text_feats [B, D] (f32/bf16), pids int
+  [B], key PRNG key, hinge_margins None or (image-anchor [B], text-anchor [B]) -> f32 [].
+
+  S_ab = cos(v_a, t_b) (norms +1e-8); per direction (S for image anchors, Sᵀ for text anchors) each anchor a takes a
+  random semi-hard negative n*_a (mined with ``margin``; positive = its own pair a) and
+  L = Σ_a [m'_a − S_aa + S_{a,n*_a}]_+ summed over both directions (not averaged), m'_a = hinge margin (default m).
+  Anchors without a semi-hard negative are skipped; if no anchor of a direction has one, that direction contributes
+  the single fallback triplet (last anchor, its lowest-index negative); a single-identity batch gives 0.
+  Randomness: image anchors mine with jax.random.split(key)[0], text anchors with [1] (mine_semi_hard_negatives).
+  """
+  v, t = _f32(image_feats, text_feats)
+  pids = jnp.asarray(pids)
+  _check_pair("triplet_ranking_loss", v, t, pids)
+  b = v.shape[0]
+  h_img, h_txt = (None, None) if hinge_margins is None else hinge_margins
+  h_img = _margins(h_img, b, margin, "triplet_ranking_loss")
+  h_txt = _margins(h_txt, b, margin, "triplet_ranking_loss")
+  k_img, k_txt = jax.random.split(key)
+  s = _cosine_eps(v, t)
+  return (_directional_ranking(s, pids, k_img, margin, h_img)
+          + _directional_ranking(s.T, pids, k_txt, margin, h_txt))
+
+
+def _commonality_scores(parts, logits, pids, commonality, tau, name):
+  """Per-anchor score [B, P] (stop-gradient): classifier probability of y_a, or 1 − frequency of similar others."""
+  b, p = parts.shape[:2]
+  if commonality == "prob":
+    if logits is None:
+      raise ValueError(f"{name}: commonality='prob' needs image_part_logits and text_part_logits [B, P, K]")
+    logits = jnp.asarray(logits).astype(_F32)
+    if logits.shape[:2] != (b, p):
+      raise ValueError(f"{name}: part logits {logits.shape} must be [B, P, K] with B, P = {b}, {p}")
+    prob = jax.nn.softmax(logits, axis=-1)
+    score = jnp.take_along_axis(prob, jnp.broadcast_to(pids[:, None, None], (b, p, 1)).astype(jnp.int32), -1)[..., 0]
+  elif commonality == "freq":
+    cos = jax.vmap(lambda f: _cosine_eps(f, f), in_axes=1, out_axes=0)(parts)  # [P, B, B]
+    other = (pids[:, None] != pids[None, :]).astype(_F32)
+    count = jnp.sum(other, axis=1)
+    similar = jnp.sum((cos > tau) * other[None], axis=2) / jnp.maximum(count, 1.0)[None]
+    score = (1.0 - similar).T
+  else:
+    raise ValueError(f"{name}: commonality must be 'prob' or 'freq', got {commonality!r}")
+  return jax.lax.stop_gradient(score)
+
+
+def cmr_loss(image_parts, text_parts, pids, key, margin=0.2, floor=0.05, commonality="prob", image_part_logits=None,
+             text_part_logits=None, tau=0.5):
+  """Commonality-based margin ranking loss. image_parts, text_parts [B, P, D] (f32/bf16), pids int [B], key;
+  part logits [B, P, K] for commonality="prob" -> f32 [].
+
+  For each part i: the triplet procedure of triplet_ranking_loss on S^(i)_ab = cos(f_v^{a,i}, f_t^{b,i}), mining with
+  the base margin m, hinge margin m'_{a,i} = max(m·score_{a,i}, floor); score from the image part for image anchors
+  and the text part for text anchors; summed over anchors, directions and parts. score (stop-gradient):
+  "prob" = softmax(part logits)[y_a]; "freq" = 1 − fraction of other-id samples whose same-part intra-modal cosine
+  exceeds tau. The commonality formula is not published; both candidates are inferences. pids must be classifier
+  indices in [0, K) for "prob". Randomness: part i uses jax.random.split(key, P)[i], split again into image/text keys
+  as in triplet_ranking_loss.
+  """
+  vp, tp = _f32(image_parts, text_parts)
+  pids = jnp.asarray(pids)
+  if vp.ndim != 3 or vp.shape != tp.shape:
+    raise ValueError(f"cmr_loss: image_parts {vp.shape} and text_parts {tp.shape} must both be [B, P, D]")
+  if pids.shape != vp.shape[:1]:
+    raise ValueError(f"cmr_loss: pids {pids.shape} must be [B] with B = {vp.shape[0]}")
+  sc_img = _commonality_scores(vp, image_part_logits, pids, commonality, tau, "cmr_loss")
+  sc_txt = _commonality_scores(tp, text_part_logits, pids, commonality, tau, "cmr_loss")
+  m_img = jnp.maximum(margin * sc_img, floor)
+  m_txt = jnp.maximum(margin * sc_txt, floor)
+  keys = jax.random.split(key, vp.shape[1])
+
+  def one_part(v, t, k, mi, mt):
+    k_img, k_txt = jax.random.split(k)
+    s = _cosine_eps(v, t)
+    return _directional_ranking(s, pids, k_img, margin, mi) + _directional_ranking(s.T, pids, k_txt, margin, mt)
+
+  per_part = jax.vmap(one_part, in_axes=(1, 1, 0, 1, 1))(vp, tp, keys, m_img, m_txt)
+  return jnp.sum(per_part)
