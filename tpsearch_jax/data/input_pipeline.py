@@ -29,9 +29,8 @@ from absl import logging
 from PIL import Image
 
 from tpsearch_jax.data import masking, samplers, tokenizer
+from tpsearch_jax.data.image_stats import CLIP_MEAN, CLIP_STD
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PAD_PIXELS = 10
 ERASE_AREA = (0.02, 0.4)
 ERASE_ASPECT = (0.3, 3.3)
