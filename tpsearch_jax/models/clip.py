@@ -73,17 +73,37 @@ def _attention_fn(impl: str | None):
   return attend
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockInit:
+  """Normal(0, std) kernel inits for a residual block; blocks built without one keep Flax's defaults.
+
+  attn: q/k/v kernels; attn_out: attention output kernel; fc: MLP c_fc; proj: MLP c_proj. Biases stay zero.
+  """
+
+  attn: float
+  attn_out: float
+  fc: float
+  proj: float
+
+
+def _kernel(std: float | None) -> dict:
+  """Keyword arguments selecting a Normal(0, std) kernel init, or none (the layer's default) when std is None."""
+  return {} if std is None else {"kernel_init": nn.initializers.normal(std)}
+
+
 class MLP(nn.Module):
   """c_fc → QuickGELU → c_proj. [..., D] → [..., D]."""
 
   width: int
   dtype: Any = jnp.float32
+  init: BlockInit | None = None
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Dense(self.width * 4, dtype=self.dtype, name="c_fc")(x)
+    i = self.init
+    x = nn.Dense(self.width * 4, dtype=self.dtype, name="c_fc", **_kernel(i and i.fc))(x)
     x = quick_gelu(x)
-    return nn.Dense(self.width, dtype=self.dtype, name="c_proj")(x)
+    return nn.Dense(self.width, dtype=self.dtype, name="c_proj", **_kernel(i and i.proj))(x)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -93,16 +113,20 @@ class ResidualAttentionBlock(nn.Module):
   heads: int
   dtype: Any = jnp.float32
   attention_impl: str | None = None
+  init: BlockInit | None = None
 
   @nn.compact
   def __call__(self, x, mask=None):
+    i = self.init
+    inits = {} if i is None else {"kernel_init": nn.initializers.normal(i.attn),
+                                  "out_kernel_init": nn.initializers.normal(i.attn_out)}
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_1")(x)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.heads, dtype=self.dtype, attention_fn=_attention_fn(self.attention_impl),
-        name="attn")(y, y, mask=mask)
+        name="attn", **inits)(y, y, mask=mask)
     x = x + y
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_2")(x)
-    return x + MLP(self.width, dtype=self.dtype, name="mlp")(y)
+    return x + MLP(self.width, dtype=self.dtype, init=i, name="mlp")(y)
 
 
 class Transformer(nn.Module):
@@ -114,12 +138,14 @@ class Transformer(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   attention_impl: str | None = None
+  init: BlockInit | None = None
 
   @nn.compact
   def __call__(self, x, mask=None):
     block_cls = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
     for i in range(self.layers):
-      x = block_cls(self.width, self.heads, self.dtype, self.attention_impl, name=f"resblocks_{i}")(x, mask)
+      x = block_cls(self.width, self.heads, self.dtype, self.attention_impl, init=self.init,
+                    name=f"resblocks_{i}")(x, mask)
     return x
 
 
