@@ -1,7 +1,6 @@
 # tpsearch_jax — set-up, tests and the demo. `make test` works on a fresh machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: env test demo benchmark clean
@@ -18,10 +17,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 env: $(VENV)/.installed
 
 test: env
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests
+	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
 
 demo: env
-	JAX_PLATFORMS=cpu $(PY) -m tpsearch_jax.main --config=configs/synthetic.py --workdir=$${WORKDIR:-/tmp/tpsearch_synthetic}
+	$(PY) -m tpsearch_jax.main --config=configs/synthetic.py --workdir=$${WORKDIR:-/tmp/tpsearch_synthetic}
 
 benchmark: env
 	$(PY) -m tpsearch_jax.benchmark --out=benchmarks/latest.json

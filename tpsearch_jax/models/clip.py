@@ -96,11 +96,11 @@ class MLP(nn.Module):
 
   width: int
   dtype: Any = jnp.float32
-  init: BlockInit | None = None
+  block_init: BlockInit | None = None
 
   @nn.compact
   def __call__(self, x):
-    i = self.init
+    i = self.block_init
     x = nn.Dense(self.width * 4, dtype=self.dtype, name="c_fc", **_kernel(i and i.fc))(x)
     x = quick_gelu(x)
     return nn.Dense(self.width, dtype=self.dtype, name="c_proj", **_kernel(i and i.proj))(x)
@@ -113,11 +113,11 @@ class ResidualAttentionBlock(nn.Module):
   heads: int
   dtype: Any = jnp.float32
   attention_impl: str | None = None
-  init: BlockInit | None = None
+  block_init: BlockInit | None = None
 
   @nn.compact
   def __call__(self, x, mask=None):
-    i = self.init
+    i = self.block_init
     inits = {} if i is None else {"kernel_init": nn.initializers.normal(i.attn),
                                   "out_kernel_init": nn.initializers.normal(i.attn_out)}
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_1")(x)
@@ -126,7 +126,7 @@ class ResidualAttentionBlock(nn.Module):
         name="attn", **inits)(y, y, mask=mask)
     x = x + y
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_2")(x)
-    return x + MLP(self.width, dtype=self.dtype, init=i, name="mlp")(y)
+    return x + MLP(self.width, dtype=self.dtype, block_init=i, name="mlp")(y)
 
 
 class Transformer(nn.Module):
@@ -138,13 +138,13 @@ class Transformer(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   attention_impl: str | None = None
-  init: BlockInit | None = None
+  block_init: BlockInit | None = None
 
   @nn.compact
   def __call__(self, x, mask=None):
     block_cls = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
     for i in range(self.layers):
-      x = block_cls(self.width, self.heads, self.dtype, self.attention_impl, init=self.init,
+      x = block_cls(self.width, self.heads, self.dtype, self.attention_impl, block_init=self.block_init,
                     name=f"resblocks_{i}")(x, mask)
     return x
 

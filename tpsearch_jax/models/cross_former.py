@@ -46,7 +46,7 @@ class CrossFormer(nn.Module):
         num_heads=self.heads, dtype=self.dtype, attention_fn=_attention_fn(self.attention_impl),
         kernel_init=nn.initializers.normal(init.attn), out_kernel_init=nn.initializers.normal(init.attn_out),
         name="cross_attn")(q, kv)
-    x = Transformer(self.width, self.layers, self.heads, self.dtype, self.remat, self.attention_impl, init=init,
+    x = Transformer(self.width, self.layers, self.heads, self.dtype, self.remat, self.attention_impl, block_init=init,
                     name="transformer")(x)
     return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_post")(x)
 
