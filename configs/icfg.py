@@ -9,22 +9,12 @@ Usage: ``python -m tpsearch_jax.main --config=configs/icfg.py:irra --config.eval
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
-
-def _default():
-  """configs/default.py next to this file, importable whatever the working directory."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
-  spec = importlib.util.spec_from_file_location("tpsearch_configs_default", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from tpsearch_jax.config_files import base_config
 
 
 def get_config(method: str = "irra"):
   """IRRA/FMFA recipe on ICFG-PEDES; ``eval.select_on`` is unset and must be given ("none" or "test")."""
-  c = _default().get_config(method)
+  c = base_config(__file__, method)
   c.data.name = "icfg_pedes"
   c.data.root = "data/ICFG-PEDES"
   c.eval.select_on = None  # must be set: "none" or "test"

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import datetime
 import gzip
-import importlib.util
 import json
 import logging
 import math
@@ -35,6 +34,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from tpsearch_jax.config_files import load_config_module
 
 _LOG = logging.getLogger("tpsearch_jax.benchmark")
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
@@ -177,12 +178,7 @@ def _device_meta() -> dict:
 
 def load_default_config(method: str, path: str | os.PathLike = _DEFAULT_CONFIG):
   """configs/default.py:get_config(method), loaded by file path (configs/ is not part of the installed package)."""
-  spec = importlib.util.spec_from_file_location("tpsearch_benchmark_default_config", str(path))
-  if spec is None or spec.loader is None:
-    raise FileNotFoundError(f"cannot load the base config {path} (--config_file)")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(method)
+  return load_config_module(str(path)).get_config(method)
 
 
 def _median_time(fn: Callable[[], Any], windows: int) -> tuple[float, list[float]]:

@@ -1,0 +1,24 @@
+"""Loading the config files of ``configs/`` by path (the folder is not a package, and may be run from anywhere)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import types
+
+
+def load_config_module(path: str) -> types.ModuleType:
+  """The Python config file at ``path`` as a module (its ``get_config`` builds the ConfigDict)."""
+  path = os.path.abspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path} not found")
+  name = "tpsearch_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def base_config(anchor_file: str, method: str):
+  """``get_config(method)`` of ``default.py`` in the folder of ``anchor_file`` (a dataset config file)."""
+  return load_config_module(os.path.join(os.path.dirname(os.path.abspath(anchor_file)), "default.py")).get_config(method)
