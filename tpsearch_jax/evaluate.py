@@ -92,7 +92,8 @@ class Evaluator:
 
 def format_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
   """{name: row} → a fixed-width text table of R@1/5/10, mAP, mINP, counts, step and checkpoint."""
-  head = f"{'split':<12}" + "".join(f"{k:>8}" for k in METRIC_KEYS) + f"{'queries':>9}{'gallery':>9}{'step':>8}  checkpoint"
+  head = (f"{'split':<12}" + "".join(f"{k:>8}" for k in METRIC_KEYS)
+          + f"{'queries':>9}{'gallery':>9}{'step':>8}  checkpoint")
   lines = [head, "-" * len(head)]
   for name, r in rows.items():
     lines.append(f"{name:<12}" + "".join(f"{r[k]:8.3f}" for k in METRIC_KEYS)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import math
 import os
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -109,10 +107,6 @@ def check_parallelism(config, mesh) -> None:
   shd.check_batch_size(int(config.eval.batch_size), mesh, "config.eval.batch_size")
 
 
-def dtype_of(config) -> jnp.dtype:
-  return jnp.dtype(config.model.dtype)
-
-
 # --------------------------------------------------------------------------------------------- data
 
 
@@ -139,7 +133,8 @@ def load_annotations(config):
 
 
 def _hide_gpus_from_tf() -> None:
-  import tensorflow as tf  # only the input pipeline and the summary writer need it
+  """TensorFlow (input pipeline, summary writer) must not claim accelerator memory; imported here, lazily."""
+  import tensorflow as tf
   try:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # already initialised
@@ -263,11 +258,11 @@ def make_train_step(config, model, tx, mesh, state_sharding) -> Callable:
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in terms.items()}
-    metrics.update(loss=total, grad_norm=optax.global_norm(grads), finite=jnp.isfinite(total))
+    metrics.update(loss=total, grad_norm=optax.tree.norm(grads), finite=jnp.isfinite(total))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  jitted = jax.jit(step_fn, in_shardings=(state_sharding, batch_sh), out_shardings=(state_sharding, shd.replicated(mesh)),
-                   donate_argnums=(0,))
+  jitted = jax.jit(step_fn, in_shardings=(state_sharding, batch_sh),
+                   out_shardings=(state_sharding, shd.replicated(mesh)), donate_argnums=(0,))
 
   @functools.wraps(step_fn)
   def train_step(state, batch):
@@ -312,9 +307,18 @@ class Setup:
   tx: Any
   shardings: Any
   eval_data: dict = dataclasses.field(default_factory=dict)  # split → (image batches, text batches), re-iterable
+  _evaluator: Any = None
+
+  @property
+  def evaluator(self) -> eval_lib.Evaluator:
+    """One Evaluator (its jitted encoders compile once) for every evaluation of the run."""
+    if self._evaluator is None:
+      self._evaluator = eval_lib.Evaluator(self.model, self.mesh, self.shardings.params,
+                                           block_size=int(self.config.eval.block_size))
+    return self._evaluator
 
 
-def _setup(config, workdir: str) -> Setup:
+def _setup(config, workdir: str, config_file: str = "config.json") -> Setup:
   from tpsearch_jax.models import build_model  # pylint: disable=g-import-not-at-top
 
   resolve_config(config)  # cheap validation before touching the data
@@ -332,7 +336,7 @@ def _setup(config, workdir: str) -> Setup:
   abstract, tx, shardings = abstract_train_state(config, model, mesh, example_batch(config), steps_per_epoch=spe)
   if jax.process_index() == 0:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+    (epath.Path(workdir) / config_file).write_text(config.to_json_best_effort(indent=2))
   return Setup(config, ann, mesh, model, spe, abstract, tx, shardings)
 
 
@@ -346,14 +350,14 @@ def _clip_params(config):
   return load_clip_params(config.init.clip, clip_config)
 
 
-def _evaluate_splits(s: Setup, evaluator, params, splits, step: int, checkpoint: str, epoch: int | None = None):
+def _evaluate_splits(s: Setup, params, splits, step: int, checkpoint: str, epoch: int | None = None):
   rows = {}
   for split in splits:
     t0 = time.time()
     if split not in s.eval_data:
       s.eval_data[split] = eval_batches(s.config, s.ann, split)
     images, texts = s.eval_data[split]
-    row = evaluator.evaluate(params, images, texts)
+    row = s.evaluator.evaluate(params, images, texts)
     row.update(step=int(step), checkpoint=checkpoint)
     if epoch is not None:
       row["epoch"] = int(epoch)
@@ -391,60 +395,84 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   callbacks: called with the step number after every train step (e.g. extra periodic actions).
   Returns {"preempted": True, "step": n} without the final evaluation when stopped by SIGTERM.
   """
-  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top  (imports TF)
+  _hide_gpus_from_tf()  # before CLU's summary writer starts TensorFlow
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
 
   workdir = ckpt_lib.resolve_dir(workdir)
   s = _setup(config, workdir)
-  config, mesh = s.config, s.mesh
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints),
-                                       async_save=bool(config.train.async_checkpointing))
-  total_steps = int(config.schedule.num_epochs) * s.steps_per_epoch
-  stop_step = min(total_steps, int(config.train.num_steps)) if config.train.num_steps > 0 else total_steps
-  select_on = config.eval.select_on
-  best = {"split": select_on, "metric": "R1", "value": None, "step": None}
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(s.config.train.keep_checkpoints),
+                                       async_save=bool(s.config.train.async_checkpointing))
+  try:
+    state, step, best = _restore_or_init(s, checkpointer, writer)
+    state, step, preempted = _train_loop(s, workdir, writer, checkpointer, state, step, best, callbacks)
+    if preempted:
+      return {"preempted": True, "step": step}
+    checkpointer.wait()
+    payload = _final_evaluation(s, writer, checkpointer, state, step)
+    _report(workdir, payload)
+    return payload
+  finally:  # also on errors (non-finite loss, …): pending checkpoint writes complete, metrics are flushed
+    writer.flush()
+    checkpointer.close()
 
-  if checkpointer.latest_step() is not None:
-    state, meta = checkpointer.restore(s.abstract)
-    best = meta.get("best", best)
-    best_step = checkpointer.latest_step(ckpt_lib.BEST)
-    if best_step is not None and best_step != best.get("step"):
-      _, best_meta = checkpointer.restore(s.abstract, best_step, ckpt_lib.BEST)
-      best = best_meta.get("best", best)
-    step = int(meta["step"])
-    logging.info("Resumed from %s at step %d (epoch %d); best so far %s", checkpointer.directory(), step,
-                 step // s.steps_per_epoch, best)
-  else:
-    state, _, _ = create_train_state(config, s.model, mesh, jax.random.PRNGKey(int(config.seed)),
+
+def _restore_or_init(s: Setup, checkpointer, writer):
+  """(state, step, best-so-far) from the newest checkpoint in the work directory, or a fresh initialisation."""
+  config = s.config
+  best = {"split": config.eval.select_on, "metric": "R1", "value": None, "step": None}
+  if checkpointer.latest_step() is None:
+    state, _, _ = create_train_state(config, s.model, s.mesh, jax.random.PRNGKey(int(config.seed)),
                                      example_batch(config), steps_per_epoch=s.steps_per_epoch,
                                      clip_params=_clip_params(config))
-    step = 0
-    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+    writer.write_hparams(_flatten(config.to_dict()))
+    return state, 0, best
+  state, meta = checkpointer.restore(s.abstract)
+  best = meta.get("best", best)
+  best_step = checkpointer.latest_step(ckpt_lib.BEST)
+  if best_step is not None and best_step != best.get("step"):  # a best saved after the newest last-N checkpoint
+    _, best_meta = checkpointer.restore(s.abstract, best_step, ckpt_lib.BEST)
+    best = best_meta.get("best", best)
+  step = int(meta["step"])
+  if meta.get("steps_per_epoch") not in (None, s.steps_per_epoch):
+    raise ValueError(f"{checkpointer.directory()} was written with {meta['steps_per_epoch']} steps per epoch, the "
+                     f"current data and batch size give {s.steps_per_epoch}: resuming would change the schedule")
+  logging.info("Resumed from %s at step %d (epoch %d); best so far %s", checkpointer.directory(), step,
+               step // s.steps_per_epoch, best)
+  return state, step, best
+
+
+def _train_loop(s: Setup, workdir, writer, checkpointer, state, step: int, best: dict, callbacks):
+  """Runs steps ``step``..stop with logging, per-epoch selection, checkpoints; → (state, step, preempted)."""
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+
+  config, mesh = s.config, s.mesh
+  select_on = config.eval.select_on
+  total_steps = int(config.schedule.num_epochs) * s.steps_per_epoch
+  stop_step = min(total_steps, int(config.train.num_steps)) if config.train.num_steps > 0 else total_steps
   logging.info("%d train captions, %d steps/epoch, training steps %d..%d of %d", len(s.ann.train),
                s.steps_per_epoch, step, stop_step, total_steps)
-
   train_step = make_train_step(config, s.model, s.tx, mesh, s.shardings)
-  evaluator = eval_lib.Evaluator(s.model, mesh, s.shardings.params, block_size=int(config.eval.block_size))
   schedule = optim.make_schedule(config, s.steps_per_epoch)
   log_every = max(int(config.train.log_every_steps), 1)
   ckpt_every = int(config.train.checkpoint_every_steps) or s.steps_per_epoch
+  eval_every = int(config.eval.every_epochs)
   hooks = [periodic_actions.ReportProgress(num_train_steps=stop_step, writer=writer, every_steps=log_every)]
   if config.train.profile and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+  pending: list[tuple[int, Any]] = []
 
   def meta(at_step):
     return {"step": at_step, "epoch": at_step // s.steps_per_epoch, "data_position": at_step,
             "steps_per_epoch": s.steps_per_epoch, "seed": int(config.seed), "best": best}
 
-  pending: list[tuple[int, Any]] = []
-
   def flush(at_step):
-    if not pending:
-      return
-    summary = summarize_train_metrics(pending)  # host sync; raises on a non-finite loss
-    summary["lr"] = float(schedule(at_step - 1))
-    writer.write_scalars(at_step, {f"train/{k}": v for k, v in summary.items()})
-    pending.clear()
+    """Host sync: averaged train metrics to the writer; raises NonFiniteLossError before anything is saved."""
+    if pending:
+      summary = summarize_train_metrics(pending)
+      summary["lr"] = float(schedule(at_step - 1))
+      writer.write_scalars(at_step, {f"train/{k}": v for k, v in summary.items()})
+      pending.clear()
 
   def preemption_requested(flag, at_step) -> bool:
     if jax.process_count() == 1:
@@ -469,17 +497,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         h(step)
       for cb in callbacks:
         cb(step)
-      epoch_end = step % s.steps_per_epoch == 0
       epoch = step // s.steps_per_epoch
       if step % log_every == 0 or step == stop_step:
         flush(step)
-      if (epoch_end and select_on != "none" and config.eval.every_epochs > 0
-          and epoch % int(config.eval.every_epochs) == 0):
+      if select_on != "none" and eval_every > 0 and step % s.steps_per_epoch == 0 and epoch % eval_every == 0:
         flush(step)
-        row = _evaluate_splits(s, evaluator, state.params, [select_on], step, "current", epoch)[select_on]
+        row = _evaluate_splits(s, state.params, [select_on], step, "current", epoch)[select_on]
         writer.write_scalars(step, {f"eval/{select_on}/{k}": row[k] for k in eval_lib.METRIC_KEYS})
         if best["value"] is None or row["R1"] > best["value"]:
-          best = {"split": select_on, "metric": "R1", "value": row["R1"], "step": step, "epoch": epoch}
+          best.update(value=row["R1"], step=step, epoch=epoch)
           checkpointer.save(step, state, meta(step), ckpt_lib.BEST)
           logging.info("New best %s R1 %.3f at step %d", select_on, row["R1"], step)
       if step % ckpt_every == 0 or step == stop_step:
@@ -490,37 +516,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         flush(step)
         if last_saved != step:
           checkpointer.save(step, state, meta(step))
-        checkpointer.close()
-        writer.flush()
         logging.warning("Stopped by SIGTERM at step %d; checkpoint saved in %s. Rerun the same command to resume.",
                         step, checkpointer.directory())
-        return {"preempted": True, "step": step}
+        return state, step, True
   flush(step)
   if last_saved != step:
     checkpointer.save(step, state, meta(step))
-  checkpointer.wait()
+  return state, step, False
 
-  # Final evaluation: the selected checkpoint (or the last state) on every configured split.
-  final_rows, last_rows = None, None
-  best_step = checkpointer.latest_step(ckpt_lib.BEST)
-  if select_on != "none" and best_step is not None and best_step != step:
+
+def _final_evaluation(s: Setup, writer, checkpointer, state, step: int) -> dict:
+  """The selected checkpoint (best on config.eval.select_on, else the last state) on every config.eval.splits;
+  when the best is not the last state, the last state too (under "last")."""
+  config = s.config
+  select_on = config.eval.select_on
+  best_step = checkpointer.latest_step(ckpt_lib.BEST) if select_on != "none" else None
+  last_rows = None
+  if best_step is not None and best_step != step:
     best_state, _ = checkpointer.restore(s.abstract, best_step, ckpt_lib.BEST)
-    final_rows = _evaluate_splits(s, evaluator, best_state.params, config.eval.splits, best_step,
-                                  checkpointer.directory(ckpt_lib.BEST, best_step))
+    rows = _evaluate_splits(s, best_state.params, config.eval.splits, best_step,
+                            checkpointer.directory(ckpt_lib.BEST, best_step))
     del best_state
-    last_rows = _evaluate_splits(s, evaluator, state.params, config.eval.splits, step,
+    last_rows = _evaluate_splits(s, state.params, config.eval.splits, step,
                                  checkpointer.directory(ckpt_lib.LAST, step))
   else:
-    where = ckpt_lib.BEST if (select_on != "none" and best_step == step) else ckpt_lib.LAST
-    final_rows = _evaluate_splits(s, evaluator, state.params, config.eval.splits, step,
-                                  checkpointer.directory(where, step))
-  for name, row in final_rows.items():
+    where = ckpt_lib.BEST if best_step == step else ckpt_lib.LAST
+    rows = _evaluate_splits(s, state.params, config.eval.splits, step, checkpointer.directory(where, step))
+  for name, row in rows.items():
     writer.write_scalars(step, {f"final/{name}/{k}": row[k] for k in eval_lib.METRIC_KEYS})
-  payload = _results_payload(s, final_rows, last_rows)
-  _report(workdir, payload)
-  writer.flush()
-  checkpointer.close()
-  return payload
+  return _results_payload(s, rows, last_rows)
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict:
@@ -544,7 +568,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
   one; any other value is a checkpoint step folder (``.../checkpoints/<step>`` or ``.../best/<step>``).
   """
   workdir = ckpt_lib.resolve_dir(workdir)
-  s = _setup(config, workdir)
+  s = _setup(config, workdir, config_file="eval_config.json")
   config = s.config
   which = config.eval.checkpoint
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints), async_save=False)
@@ -578,8 +602,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                      clip_params=_clip_params(config))
     source, params = f"init.clip={config.init.clip}", state.params
   checkpointer.close()
-  evaluator = eval_lib.Evaluator(s.model, s.mesh, s.shardings.params, block_size=int(config.eval.block_size))
-  rows = _evaluate_splits(s, evaluator, params, config.eval.splits, step, source)
+  rows = _evaluate_splits(s, params, config.eval.splits, step, source)
   payload = _results_payload(s, rows)
   _report(workdir, payload)
   return payload
