@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import jax
@@ -13,6 +12,7 @@ from ml_collections import config_flags
 
 from tpsearch_jax import sharding as shd
 from tpsearch_jax import train
+from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.data import annotations
 from tpsearch_jax.models import METHODS, build_model
 
@@ -20,10 +20,7 @@ CONFIG_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__fil
 
 
 def load(dataset: str, method: str = "irra"):
-  spec = importlib.util.spec_from_file_location(f"cfg_{dataset}", os.path.join(CONFIG_DIR, f"{dataset}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(method)
+  return load_config_module(os.path.join(CONFIG_DIR, f"{dataset}.py")).get_config(method)
 
 
 def parse(argv):

@@ -3,7 +3,6 @@ non-finite loss stops the run. Tiny towers, 8 virtual CPU devices."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,6 +14,7 @@ from jax.experimental.compilation_cache import compilation_cache
 
 import dataset_fixtures
 from tpsearch_jax import checkpointing, train
+from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.models import build_model
 
@@ -34,10 +34,7 @@ def compilation_cache_dir(tmp_path_factory):
 
 
 def load_config(dataset: str, method: str = "irra"):
-  spec = importlib.util.spec_from_file_location(f"configs_{dataset}", os.path.join(CONFIG_DIR, f"{dataset}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(method)
+  return load_config_module(os.path.join(CONFIG_DIR, f"{dataset}.py")).get_config(method)
 
 
 def shrink(c, batch_size: int = 8):

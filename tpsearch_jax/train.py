@@ -379,10 +379,9 @@ def _report(workdir, payload) -> None:
   path = eval_lib.write_results(workdir, payload)
   table = {f"{k}": v for k, v in payload["splits"].items()}
   table.update({f"{k} (last)": v for k, v in payload.get("last", {}).items()})
-  text = eval_lib.format_table(table)
-  logging.info("Results (%s):\n%s", path, text)
+  logging.info("Results written to %s", path)
   if jax.process_index() == 0:
-    print(text, flush=True)
+    print(eval_lib.format_table(table), flush=True)
 
 
 # --------------------------------------------------------------------------------------------- train
