@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 LAST, BEST = "checkpoints", "best"
+CHOICES = {"auto": (BEST, LAST), "best": (BEST,), "last": (LAST,)}  # which folders a choice looks in, in order
 
 
 def resolve_dir(path: str) -> str:
@@ -84,6 +85,15 @@ class Checkpointer:
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
     restored = mngr.restore(int(step), args=args)
     return restored["state"], dict(restored["meta"])
+
+  def restore_choice(self, abstract_state: Any, choice: str = "auto") -> tuple[Any, dict, str] | None:
+    """(state, meta, folder) of the newest save in the first folder of ``CHOICES[choice]`` that has one, else None."""
+    for which in CHOICES[choice]:
+      step = self.latest_step(which)
+      if step is not None:
+        state, meta = self.restore(abstract_state, step, which)
+        return state, meta, self.directory(which, step)
+    return None
 
   def wait(self) -> None:
     """Block until pending async saves are written."""

@@ -79,17 +79,16 @@ def load_run(workdir: str, checkpoint: str = "auto"):
   mesh = shd.create_mesh()
   abstract, _, _ = train.abstract_train_state(config, model, mesh, train.example_batch(config))
   checkpointer = ckpt_lib.Checkpointer(workdir, async_save=False)
-  order = {"auto": (ckpt_lib.BEST, ckpt_lib.LAST), "best": (ckpt_lib.BEST,), "last": (ckpt_lib.LAST,)}[checkpoint]
   try:
-    for which in order:
-      step = checkpointer.latest_step(which)
-      if step is not None:
-        state, _ = checkpointer.restore(abstract, step, which)
-        logging.info("Loaded %s", checkpointer.directory(which, step))
-        return config, model, mesh, state.params, checkpointer.directory(which, step)
+    found = checkpointer.restore_choice(abstract, checkpoint)
   finally:
     checkpointer.close()
-  raise FileNotFoundError(f"no {checkpoint} checkpoint in {workdir} (looked in {', '.join(order)})")
+  if found is None:
+    raise FileNotFoundError(f"no {checkpoint} checkpoint in {workdir} "
+                            f"(looked in {', '.join(ckpt_lib.CHOICES[checkpoint])})")
+  state, _, source = found
+  logging.info("Loaded %s", source)
+  return config, model, mesh, state.params, source
 
 
 def _encoder(model, mesh, method: str):

@@ -572,14 +572,11 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
   which = config.eval.checkpoint
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints), async_save=False)
   source, step, params = None, 0, None
-  if which in ("auto", "best", "last"):
-    order = {"auto": (ckpt_lib.BEST, ckpt_lib.LAST), "best": (ckpt_lib.BEST,), "last": (ckpt_lib.LAST,)}[which]
-    for sub in order:
-      found = checkpointer.latest_step(sub)
-      if found is not None:
-        state, _ = checkpointer.restore(s.abstract, found, sub)
-        source, step, params = checkpointer.directory(sub, found), found, state.params
-        break
+  if which in ckpt_lib.CHOICES:
+    found = checkpointer.restore_choice(s.abstract, which)
+    if found is not None:
+      state, _, source = found
+      step, params = int(os.path.basename(source)), state.params
   else:
     folder = os.path.abspath(which)
     sub, step_name = os.path.basename(os.path.dirname(folder)), os.path.basename(folder)
