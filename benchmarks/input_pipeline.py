@@ -13,10 +13,10 @@ import platform
 import tempfile
 import time
 
-import ml_collections
 import numpy as np
 from PIL import Image
 
+from tpsearch_jax.configs import base
 from tpsearch_jax.data import tokenizer
 
 WORDS = ("a the woman man young old girl boy wearing with and in on of is has carrying holding walking black white "
@@ -68,9 +68,8 @@ def make_jpegs(folder: str, n: int, seed: int = 0) -> list[str]:
 def bench_pipeline(num_images: int, batch: int, steps: int, image_size: tuple[int, int]) -> dict[str, float]:
   from tpsearch_jax.data import input_pipeline as ip  # noqa: PLC0415 - TF only for this part
 
-  cfg = ml_collections.ConfigDict(dict(image_size=image_size, context_length=77, caption_uses_mlm_ids=True,
-                                       augment=True, random_erasing=0.5, color_jitter=False, identity_sampler=False,
-                                       num_instances=4, skip_corrupt=False, num_parallel_calls=None))
+  cfg = base.get_config("irra").data  # the training recipe's data settings
+  cfg.image_size, cfg.context_length, cfg.num_parallel_calls = image_size, 77, -1
   with tempfile.TemporaryDirectory() as tmp:
     paths = make_jpegs(tmp, num_images)
     kb = np.mean([os.path.getsize(p) for p in paths]) / 1024

@@ -5,12 +5,12 @@ Usage: ``python -m tpsearch_jax.main --config=configs/cuhk.py:irra --config.data
 
 from __future__ import annotations
 
-from tpsearch_jax.config_files import base_config
+from tpsearch_jax.configs import base
 
 
 def get_config(method: str = "irra"):
   """IRRA/FMFA recipe on CUHK-PEDES; the checkpoint is selected on val R@1."""
-  c = base_config(__file__, method)
+  c = base.get_config(method)
   c.data.name = "cuhk_pedes"
   c.data.root = "data/CUHK-PEDES"
   return c

@@ -9,12 +9,12 @@ Usage: ``python -m tpsearch_jax.main --config=configs/icfg.py:irra --config.eval
 
 from __future__ import annotations
 
-from tpsearch_jax.config_files import base_config
+from tpsearch_jax.configs import base
 
 
 def get_config(method: str = "irra"):
   """IRRA/FMFA recipe on ICFG-PEDES; ``eval.select_on`` is unset and must be given ("none" or "test")."""
-  c = base_config(__file__, method)
+  c = base.get_config(method)
   c.data.name = "icfg_pedes"
   c.data.root = "data/ICFG-PEDES"
   c.eval.select_on = None  # must be set: "none" or "test"

@@ -5,12 +5,12 @@ Usage: ``python -m tpsearch_jax.main --config=configs/rstp.py:irra --config.data
 
 from __future__ import annotations
 
-from tpsearch_jax.config_files import base_config
+from tpsearch_jax.configs import base
 
 
 def get_config(method: str = "irra"):
   """IRRA/FMFA recipe on RSTPReid; the checkpoint is selected on val R@1."""
-  c = base_config(__file__, method)
+  c = base.get_config(method)
   c.data.name = "rstp_reid"
   c.data.root = "data/RSTPReid"
   return c

@@ -11,18 +11,17 @@ augmentation, as the towers start from random weights.
 
 from __future__ import annotations
 
-from tpsearch_jax.config_files import base_config
+from tpsearch_jax.configs import base
 
 
 def get_config(method: str = "irra"):
   """A small synthetic_pedes run of ``method`` (12 epochs × 20 steps of batch 64)."""
-  c = base_config(__file__, method)
+  c = base.get_config(method)
   c.data.name = "synthetic_pedes"
   c.data.root = "/tmp/tpsearch_data/synthetic_pedes"
   c.data.synthetic = dict(num_ids=200, images_per_id=4, seed=0, image_size=(144, 48))
   c.data.image_size = (96, 32)
   c.data.context_length = 32  # covers the median caption (26 tokens); longer ones are cut, EOT kept
-  c.data.shuffle_buffer = 2048
   c.model.clip.update(dict(embed_dim=128, patch_size=8, vision_width=128, vision_layers=2, vision_heads=4,
                            context_length=32, text_width=128, text_layers=2, text_heads=4))
   c.model.dtype = "float32"

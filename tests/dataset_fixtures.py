@@ -10,8 +10,11 @@ import copy
 import json
 import os
 
+import ml_collections
 import numpy as np
 from PIL import Image
+
+from tpsearch_jax.configs import base
 
 VARIANTS = ("missing_annotation", "missing_imgs_dir", "missing_image", "no_captions", "empty_caption", "missing_field",
             "noncontiguous", "bad_split", "corrupt_image")
@@ -56,6 +59,19 @@ _MISSING = {
     "icfg": ["test/3102/3102_002_09_0113afternoon_0201_0.jpg"],
     "rstp": ["0001_c1_0002.jpg"],
 }
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+  """The base config's data block (tpsearch_jax/configs/base.py, the one source of defaults) with ``overrides``.
+
+  An override naming a field the block lacks raises, so a test cannot silently set a field nothing reads.
+  """
+  data = base.get_config().data.copy_and_resolve_references()
+  unknown = sorted(set(overrides) - set(data.keys()))
+  if unknown:
+    raise KeyError(f"config.data has no field(s) {', '.join(unknown)}")
+  data.update(overrides)
+  return data
 
 
 def image_array(index: int, size: tuple[int, int] = (8, 4)) -> np.ndarray:

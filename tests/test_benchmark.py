@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from tpsearch_jax import benchmark
+from tpsearch_jax.bench import profile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def test_top_ops_sums_device_op_lane(tmp_path):
     json.dump({"traceEvents": events}, f)
   hlo = ('  %fusion.1 = f32[8]{0} fusion(%p.1), kind=kLoop, calls=%c, metadata={op_name="jit(f)/mlm_head/dot_general"}\n'
          '  ROOT %dot.2 = f32[8]{0} dot(%a, %b), metadata={op_name="jit(f)/attn/dot_general" stack_frame_id=1}\n')
-  top = benchmark.top_ops(str(tmp_path), 5, benchmark.hlo_op_names(hlo))
+  top = profile.top_ops(str(tmp_path), 5, profile.hlo_op_names(hlo))
   assert [(o["name"], o["count"], o["source"]) for o in top] == [
       ("fusion.1", 2, "jit(f)/mlm_head/dot_general"), ("dot.2", 1, "jit(f)/attn/dot_general")]
   assert top[0]["total_ms"] == pytest.approx(0.6)

@@ -1,7 +1,8 @@
-"""CLIP weight import: parity with transformers' CLIPModel (fixture from tools/make_clip_fixture.py) and bad inputs."""
+"""CLIP weight import: parity with transformers' CLIPModel (fixtures from tools/make_clip_fixture.py) and bad inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -15,13 +16,18 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from tpsearch_jax.checkpoints import (CheckpointError, check_params, convert_checkpoint, convert_state_dict, load_clip,
-                                      load_clip_params, resize_posemb)
-from tpsearch_jax.checkpoints import convert as convert_cli
-from tpsearch_jax.models.clip import CLIPConfig
+from tpsearch_jax import checkpoints as old_checkpoints
+from tpsearch_jax.checkpoints import convert as old_convert_cli
+from tpsearch_jax.data import image_stats as old_image_stats
+from tpsearch_jax.data import tokenizer as old_tokenizer
+from tpsearch_jax.models import clip
+from tpsearch_jax.models.clip import (CheckpointError, CLIPConfig, check_params, convert_checkpoint, convert_state_dict,
+                                     load_clip, load_clip_params, resize_posemb)
+from tpsearch_jax.models.clip import convert as convert_cli
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "hf_tiny_clip"
 OPENAI_NPZ = FIXTURE / "openai_layout.npz"
+MLP_FIXTURE = FIXTURE.with_name("hf_tiny_clip_mlp")  # same towers, MLP widths 72 (vision) and 40 (text)
 TINY_HEADS = dict(vision_heads=4, text_heads=2)  # the tiny widths are not multiples of 64
 ATOL = 1e-5
 
@@ -53,7 +59,7 @@ def _assert_parity(model, params, ref, suffix=""):
 
 
 def test_hf_folder_matches_transformers(ref, caplog):
-  with caplog.at_level(logging.INFO, logger="tpsearch_jax.checkpoints.clip_import"):
+  with caplog.at_level(logging.INFO, logger="tpsearch_jax.models.clip.weights"):
     model, params = load_clip(FIXTURE)
   c = model.config
   # Architecture comes from config.json: both towers differ on purpose.
@@ -223,8 +229,60 @@ def test_check_params_lists_every_problem():
   assert "visual/proj (32, 5) (expected (32, 24))" in msg
 
 
+def test_non_4x_mlp_widths_come_from_the_checkpoint_and_match_transformers(tmp_path):
+  with np.load(MLP_FIXTURE / "outputs.npz") as f:
+    mlp_ref = {k: f[k] for k in f.files}
+  model, params = load_clip(MLP_FIXTURE)  # HF: intermediate_size of vision_config / text_config
+  assert (model.config.vision_mlp_width, model.config.text_mlp_width) == (72, 40)
+  assert params["visual"]["transformer"]["resblocks_1"]["mlp"]["c_fc"]["kernel"].shape == (32, 72)
+  _assert_parity(model, params, mlp_ref)
+  oa_model, oa_params = load_clip(MLP_FIXTURE / "openai_layout.npz", **TINY_HEADS)  # OpenAI: c_fc weight shapes
+  assert (oa_model.config.vision_mlp_dim, oa_model.config.text_mlp_dim) == (72, 40)
+  _assert_parity(oa_model, oa_params, mlp_ref)
+  convert_checkpoint(MLP_FIXTURE, tmp_path / "mlp.msgpack")
+  _assert_parity(*load_clip(tmp_path / "mlp.msgpack"), mlp_ref)
+  # a model configured with the default 4 x width MLPs is told which field differs
+  with pytest.raises(CheckpointError, match="vision_mlp_dim: checkpoint 72 vs configured 128"):
+    load_clip_params(MLP_FIXTURE, dataclasses.replace(model.config, vision_mlp_dim=None, text_mlp_dim=None))
+
+
+def test_an_openai_mlp_width_differing_between_blocks_is_named():
+  """The OpenAI layout has no config: block 0's c_fc sets the width, every other block is checked against it."""
+  with np.load(OPENAI_NPZ) as f:
+    state = {k: f[k] for k in f.files}
+  key = "visual.transformer.resblocks.1.mlp.c_fc.weight"
+  state[key] = state[key][:100]
+  with pytest.raises(CheckpointError, match=rf"'{key}' \(100, 32\) \(expected \(128, 32\)\)"):
+    convert_state_dict(state, **TINY_HEADS)
+
+
+def test_default_mlp_width_config_accepts_a_4x_checkpoint():
+  model, _ = load_clip(FIXTURE)
+  assert (model.config.vision_mlp_width, model.config.text_mlp_width) == (128, 64)
+  params = load_clip_params(FIXTURE, dataclasses.replace(model.config, vision_mlp_dim=None, text_mlp_dim=None))
+  assert params["text"]["transformer"]["resblocks_0"]["mlp"]["c_fc"]["kernel"].shape == (16, 64)
+
+
+def test_old_import_locations_re_export_the_same_objects():
+  assert len(old_checkpoints.__all__) == 10
+  for name in old_checkpoints.__all__:
+    assert getattr(old_checkpoints, name) is getattr(clip, name), name
+  assert old_convert_cli.main is convert_cli.main
+  for name in old_tokenizer.__all__:
+    assert getattr(old_tokenizer, name) is getattr(clip.tokenizer, name), name
+  assert (old_image_stats.CLIP_MEAN, old_image_stats.CLIP_STD) == (clip.CLIP_MEAN, clip.CLIP_STD)
+
+
+def test_old_convert_command_still_runs(tmp_path):
+  dst = tmp_path / "old_cli.msgpack"
+  out = subprocess.run([sys.executable, "-m", "tpsearch_jax.checkpoints.convert", f"--src={FIXTURE}", f"--dst={dst}"],
+                       capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr
+  assert "mlp 128" in out.stdout and dst.is_file()
+
+
 def test_import_needs_neither_tensorflow_nor_torch():
-  code = ("import sys, tpsearch_jax.checkpoints, tpsearch_jax.checkpoints.convert; "
+  code = ("import sys, tpsearch_jax.checkpoints, tpsearch_jax.checkpoints.convert, tpsearch_jax.models.clip; "
           "print(sorted(m for m in ('tensorflow', 'torch', 'transformers') if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env={**os.environ, "JAX_PLATFORMS": "cpu"})

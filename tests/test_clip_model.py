@@ -10,15 +10,19 @@ import pytest
 from tpsearch_jax.models.clip import CLIP, CLIPConfig, tiny_config
 
 
-def _block(d: int) -> int:
-  """Pre-LN block: 2 LayerNorms (4d) + q,k,v,out with biases (4d² + 4d) + MLP d→4d→d with biases (8d² + 5d)."""
-  return 12 * d * d + 13 * d
+def _block(d: int, h: int | None = None) -> int:
+  """Pre-LN block: 2 LayerNorms (4d) + q,k,v,out with biases (4d² + 4d) + MLP d→h→d with biases (2dh + h + d).
+
+  h = 4d (the default) gives 12d² + 13d."""
+  h = 4 * d if h is None else h
+  return 4 * d + 4 * d * d + 4 * d + 2 * d * h + h + d
 
 
-def _clip_param_count(patch, grid_cells, width, layers, vocab, context, text_width, text_layers, embed):
-  vision = 3 * patch * patch * width + width + (1 + grid_cells) * width + 2 * width + layers * _block(width) \
-      + 2 * width + width * embed
-  text = vocab * text_width + context * text_width + text_layers * _block(text_width) + 2 * text_width \
+def _clip_param_count(patch, grid_cells, width, layers, vocab, context, text_width, text_layers, embed,
+                      vision_mlp=None, text_mlp=None):
+  vision = 3 * patch * patch * width + width + (1 + grid_cells) * width + 2 * width \
+      + layers * _block(width, vision_mlp) + 2 * width + width * embed
+  text = vocab * text_width + context * text_width + text_layers * _block(text_width, text_mlp) + 2 * text_width \
       + text_width * embed
   return vision + text
 
@@ -40,6 +44,21 @@ def test_param_counts_match_the_architecture_formula():
   assert _count(_abstract_params(b32)) == 151_277_313 - 1
   b16 = CLIPConfig()  # ViT-B/16 at 384x128: a 24x8 grid
   assert _count(_abstract_params(b16)) == _clip_param_count(16, 24 * 8, 768, 12, 49408, 77, 512, 12, 512)
+  assert _block(768) == 12 * 768 ** 2 + 13 * 768
+
+
+def test_mlp_widths_follow_the_config_per_tower():
+  c = tiny_config(vision_mlp_dim=72, text_mlp_dim=40)
+  tree = _abstract_params(c)
+  assert tree["visual"]["transformer"]["resblocks_1"]["mlp"]["c_fc"]["kernel"].shape == (32, 72)
+  assert tree["visual"]["transformer"]["resblocks_1"]["mlp"]["c_proj"]["kernel"].shape == (72, 32)
+  assert tree["text"]["transformer"]["resblocks_0"]["mlp"]["c_fc"]["kernel"].shape == (32, 40)
+  assert _count(tree) == _clip_param_count(8, 4 * 2, 32, 2, 49408, 77, 32, 2, 16, vision_mlp=72, text_mlp=40)
+  assert _count(_abstract_params(tiny_config(vision_mlp_dim=128, text_mlp_dim=128))) == _count(
+      _abstract_params(tiny_config()))  # None means 4 x width
+  for bad in (0, -3, 2.5, True):
+    with pytest.raises(ValueError, match="vision_mlp_dim must be a positive int"):
+      tiny_config(vision_mlp_dim=bad)
 
 
 def test_vit_b16_384x128_jitted_forward():

@@ -11,7 +11,8 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from tpsearch_jax import sharding as shd
-from tpsearch_jax import train
+from tpsearch_jax import batch as batch_lib
+from tpsearch_jax.training import config_checks, optim, trainer
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.data import annotations
 from tpsearch_jax.models import METHODS, build_model
@@ -57,7 +58,8 @@ def test_defaults_are_the_reference_recipe():
     c = load(dataset)
     o, s = c.optim, c.schedule
     assert (o.name, o.b1, o.b2, o.eps, o.lr, o.lr_factor, o.bias_lr_factor) == ("adam", 0.9, 0.999, 1e-3, 1e-5, 5, 2)
-    assert (o.weight_decay, o.weight_decay_bias, o.param_groups) == (4e-5, 0.0, True)
+    assert (o.weight_decay, o.weight_decay_bias) == (4e-5, 0.0)
+    assert tuple(map(tuple, o.param_groups)) == optim.REFERENCE_GROUPS  # checked against the recipe in test_optim
     assert (s.name, s.num_epochs, s.warmup_epochs, s.warmup_factor, s.per_step) == ("cosine", 60, 5, 0.1, False)
     assert c.train.batch_size == 64 and c.seed == 1
     assert tuple(c.data.image_size) == (384, 128) and c.model.clip.patch_size == 16
@@ -75,9 +77,9 @@ def test_methods_build_from_the_dataset_configs(dataset, methods):
     c = load(dataset, method)
     if c.eval.select_on is None:
       c.eval.select_on = "none"
-    c = train.resolve_config(c, num_classes=7)
+    c = config_checks.resolve_config(c, num_classes=7)
     model = build_model(c)
-    b = {n: jnp.asarray(v) for n, v in train.example_batch(c, 2).items()}
+    b = {n: jnp.asarray(v) for n, v in batch_lib.fake_train_batch(c, 2).items()}
     params = jax.eval_shape(lambda k: model.init({"params": k, "mining": k, "dropout": k}, b)["params"],
                             jax.random.PRNGKey(0))
     (h, w), p = c.data.image_size, c.model.clip.patch_size
@@ -88,39 +90,39 @@ def test_methods_build_from_the_dataset_configs(dataset, methods):
 
 def test_icfg_requires_an_explicit_selection_and_test_selection_is_loud(caplog):
   with pytest.raises(ValueError, match="select_on is not set.*select_on=none.*select_on=test"):
-    train.resolve_config(load("icfg"))
+    config_checks.resolve_config(load("icfg"))
   c = load("icfg")
   c.eval.select_on = "test"
-  c = train.resolve_config(c)
+  c = config_checks.resolve_config(c)
   with caplog.at_level("WARNING"):
     logging.get_absl_logger().propagate = True
-    train.warn_if_test_selection(c)
+    config_checks.warn_if_test_selection(c)
   assert "SELECTED ON THE TEST SET" in caplog.text
   c = load("cuhk")
   c.eval.select_on = "best"
   with pytest.raises(ValueError, match="select_on='best'"):
-    train.resolve_config(c)
+    config_checks.resolve_config(c)
 
 
 def test_shape_and_parallelism_errors_before_compiling():
   c = load("cuhk")
   c.data.image_size = (384, 120)
   with pytest.raises(ValueError, match=r"image_size=\(384, 120\) is not divisible by the patch size 16"):
-    train.resolve_config(c)
-  c = train.resolve_config(load("cuhk"))
+    config_checks.resolve_config(c)
+  c = config_checks.resolve_config(load("cuhk"))
   c.train.batch_size = 60
   with pytest.raises(ValueError, match="batch_size=60 is not divisible by the number of devices"):
-    train.check_parallelism(c, shd.create_mesh())
+    config_checks.check_parallelism(c, shd.create_mesh())
   c.train.batch_size, c.eval.batch_size = 64, 100
   with pytest.raises(ValueError, match="eval.batch_size=100"):
-    train.check_parallelism(c, shd.create_mesh())
+    config_checks.check_parallelism(c, shd.create_mesh())
 
 
 def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path):
   c = load("cuhk")
   c.data.root = str(tmp_path / "nowhere" / "CUHK-PEDES")
   with pytest.raises(annotations.AnnotationError) as e:
-    train.train_and_evaluate(c, str(tmp_path / "run"))
+    trainer.train_and_evaluate(c, str(tmp_path / "run"))
   msg = str(e.value)
   assert str(tmp_path / "nowhere" / "CUHK-PEDES") in msg and "config.data.root" in msg and "reid_raw.json" in msg
   assert not os.path.exists(tmp_path / "run" / "checkpoints")  # failed before building anything

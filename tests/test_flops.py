@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tpsearch_jax import flops, losses
+from tpsearch_jax import flops, losses, objectives
 from tpsearch_jax.models.clip import CLIP, CLIPConfig, ResidualAttentionBlock
-from tpsearch_jax.models import build_model
-from tpsearch_jax.train import example_batch
+from tpsearch_jax.models import build_model, model_options
+from tpsearch_jax.batch import fake_train_batch as example_batch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -53,8 +53,10 @@ def test_vit_b16_train_step_matches_xla(method):
   rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1), "mining": jax.random.key(2)}
   params = jax.eval_shape(lambda: model.init(rngs, batch, train=True))["params"]
 
+  loss_options = model_options(config)[2]
+
   def loss(p, batch):
-    return model.apply({"params": p}, batch, train=True, rngs={"mining": jax.random.key(0)})[0]
+    return objectives.model_loss(model, loss_options, p, batch, jax.random.key(0))[0]
 
   counted = flops.train_step_flops(config, b)
   fwd = _hlo_flops(loss, params, batch)

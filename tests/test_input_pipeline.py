@@ -6,7 +6,7 @@ import collections
 import io
 import itertools
 
-import ml_collections
+import dataset_fixtures as fx
 import numpy as np
 import pytest
 from PIL import Image
@@ -22,11 +22,10 @@ H, W = 32, 16
 WORDS = "red blue black white coat jacket bag shoes jeans skirt hair man woman walking carrying".split()
 
 
-def config(**overrides) -> ml_collections.ConfigDict:
-  base = dict(image_size=(H, W), context_length=77, caption_uses_mlm_ids=False, augment=True, random_erasing=0.5,
-              color_jitter=False, identity_sampler=False, num_instances=2, skip_corrupt=False,
-              num_parallel_calls=2)
-  return ml_collections.ConfigDict({**base, **overrides})
+def config(**overrides):
+  """The base data config at the tests' image size; clean caption ids (tests identify captions by them)."""
+  return fx.data_config(**{"image_size": (H, W), "caption_uses_mlm_ids": False, "num_parallel_calls": 2,
+                           **overrides})
 
 
 def caption(rng: np.random.Generator) -> str:
@@ -238,6 +237,53 @@ def test_corrupt_file_is_named_at_build_time_or_skipped(data, tmp_path, caplog):
   batches = take(it, 3)
   assert all(99 not in b["image_ids"] for b in batches)
   assert "skipping 1 examples" in caplog.text and "broken.jpg" in caplog.text
+
+
+def test_epoch_length_counts_the_screened_examples_not_the_records(data, tmp_path, caplog):
+  """8 of 32 records name a missing file: with skip_corrupt an epoch is 24 // 8 = 3 steps, not 32 // 8 = 4."""
+  recs = list(data) + [Rec(6, 50 + i, str(tmp_path / f"gone{i % 2}.jpg"), f"a man {i}") for i in range(8)]
+  pipeline = ip.TrainPipeline(recs, config(skip_corrupt=True), 8, seed=0)
+  assert (pipeline.steps_per_epoch, pipeline.num_examples, pipeline.num_skipped) == (3, 24, 8)
+  assert "skipping 8 examples" in caplog.text and "gone0.jpg" in caplog.text
+  batches = take(pipeline.iterator(), 4)  # one epoch covers every kept example once, then a new epoch begins
+  keys = [(i, tuple(c)) for b in batches[:3] for i, c in zip(b["image_ids"], b["caption_ids"])]
+  assert len(set(keys)) == 24 and all((b["image_ids"] < 50).all() for b in batches)
+  it = ip.train_iterator(recs, config(skip_corrupt=True), 8, seed=0)
+  assert (it.steps_per_epoch, it.num_examples) == (3, 24)
+
+
+def test_train_pipeline_screens_and_tokenizes_once(data, monkeypatch):
+  calls = []
+  tokenize = tokenizer.tokenize
+  monkeypatch.setattr(tokenizer, "tokenize", lambda *a, **k: calls.append(1) or tokenize(*a, **k))
+  pipeline = ip.TrainPipeline(data, config(), 8, seed=7)
+  first, resumed = take(pipeline.iterator(), 5), take(pipeline.iterator(start_step=2), 3)
+  assert len(calls) == 1
+  assert_batches_equal(first[2:], resumed)
+  monkeypatch.setattr(tokenizer, "tokenize", tokenize)
+  assert_batches_equal(first, take(ip.train_iterator(data, config(), 8, seed=7), 5))
+
+
+def test_incomplete_data_config_is_named(data):
+  cfg = config()
+  del cfg["verify_images"], cfg["num_threads"]
+  with pytest.raises(ValueError, match="lacks field.*verify_images, num_threads"):
+    ip.TrainPipeline(data, cfg, 8, seed=0)
+  split = Split("test", np.array([0]), [data[0].image_path], np.array([0]), ["a man"])
+  with pytest.raises(ValueError, match="eval pipeline test.*lacks field.*verify_images"):
+    ip.eval_datasets(split, cfg, 1)
+  with pytest.raises(KeyError, match="shuffle_buffer"):  # removed: the sampler, not a buffer, orders the examples
+    config(shuffle_buffer=16)
+
+
+def test_verify_images_false_skips_the_prescan(data, tmp_path):
+  bad = tmp_path / "broken.jpg"
+  bad.write_bytes(b"this is not an image")
+  recs = list(data) + [Rec(0, 99, str(bad), "a man")]
+  pipeline = ip.TrainPipeline(recs, config(verify_images=False), 25, seed=0)  # no scan: nothing raised or skipped
+  assert (pipeline.num_examples, pipeline.num_skipped) == (25, 0)
+  with pytest.raises(ip.ImageDecodeError, match="broken.jpg"):  # named when the stream reaches it
+    next(pipeline.iterator())
 
 
 def test_truncated_jpeg_is_named_when_decoding_fails(tmp_path):

@@ -19,6 +19,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tpsearch_jax import objectives
 from tpsearch_jax.models import CLIP, build_model, method_preset, model_options, tiny_model_config
 from tpsearch_jax.models.cross_former import CrossFormer, MLMHead
 from tpsearch_jax.models.part_decoder import Decoder, foreground_map, stripe_bounds
@@ -84,17 +85,27 @@ def _params(method: str) -> dict:
   return {k: _all_params()[k] for k in shapes}
 
 
+def _loss_options(method: str):
+  return model_options(_config(method))[2]
+
+
 @functools.cache
 def _forward_fn(method: str, dtype: str = "float32"):
-  model = _model(method, dtype)
-  return jit(lambda p, b, key: model.apply({"params": p}, b, rngs={"mining": key}, mutable=["intermediates"]))
+  """jit((params, batch, key) → ((total, terms), model outputs))."""
+  model, loss = _model(method, dtype), _loss_options(method)
+
+  def forward(p, b, key):
+    outputs = model.apply({"params": p}, b)
+    return objectives.compute_losses(outputs, b, loss, key), outputs
+
+  return jit(forward)
 
 
 @functools.cache
 def _forward(method: str):
-  """(total, terms, intermediates) of ``method`` on _batch() with the shared parameters."""
-  (total, terms), inter = _forward_fn(method)(_params(method), _batch(), jax.random.key(7))
-  return total, terms, inter.get("intermediates", {})
+  """(total, terms, model outputs) of ``method`` on _batch() with the shared parameters."""
+  (total, terms), outputs = _forward_fn(method)(_params(method), _batch(), jax.random.key(7))
+  return total, terms, outputs
 
 
 @functools.cache
@@ -251,7 +262,9 @@ def test_zero_weight_terms_are_not_computed():
   model = build_model(cfg)
   shapes = jax.eval_shape(lambda b: model.init(_rngs(), b, train=True), _batch())["params"]
   assert set(shapes) == {"clip"}
-  _, terms = jax.eval_shape(lambda p, b: model.apply({"params": p}, b), shapes, _batch())
+  loss = model_options(cfg)[2]
+  _, terms = jax.eval_shape(lambda p, b: objectives.model_loss(model, loss, p, b, jax.random.key(0)), shapes,
+                            _batch())
   assert set(terms) == {"sdm"}
 
 
@@ -349,7 +362,7 @@ def test_id_term_is_mean_over_all_embedding_pieces():
 def test_mlm_term_uses_masked_ids_and_labelled_positions_only():
   batch = _batch()
   _, terms, inter = _forward("irra")
-  logits = np.asarray(inter["mlm_logits"][0], np.float64)  # [B, 77, VOCAB]
+  logits = np.asarray(inter["mlm_logits"], np.float64)  # [B, 77, VOCAB]
   labels = batch["mlm_labels"]
   on = labels != 0
   np.testing.assert_allclose(terms["mlm"], _ce(logits, labels)[on].mean(), rtol=1e-5)
@@ -501,15 +514,15 @@ def test_sharded_train_step_matches_single_device(method):
   """value_and_grad + Adam under jit with the batch sharded over 8 devices; same loss as one device; every
   parameter leaf gets a non-zero finite gradient (no parameter is frozen in any method)."""
   assert jax.device_count() == 8
-  model, tx = _model(method), optax.adam(1e-3)
+  model, loss_opts, tx = _model(method), _loss_options(method), optax.adam(1e-3)
   mesh = Mesh(np.array(jax.devices()), ("data",))
   rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
   def step(params, opt_state, batch, key):
-    (loss, terms), grads = jax.value_and_grad(
-        lambda p: model.apply({"params": p}, batch, train=True, rngs={"mining": key}), has_aux=True)(params)
+    (total, terms), grads = jax.value_and_grad(
+        lambda p: objectives.model_loss(model, loss_opts, p, batch, key), has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, terms, jax.tree.map(lambda g: jnp.max(jnp.abs(g)),
+    return optax.apply_updates(params, updates), opt_state, total, terms, jax.tree.map(lambda g: jnp.max(jnp.abs(g)),
                                                                                       grads)
 
   params = jax.device_put(_params(method), rep)

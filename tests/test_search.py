@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tpsearch_jax import checkpointing, search, train
+from tpsearch_jax import search
+from tpsearch_jax.training import checkpointing
+from tpsearch_jax import batch as batch_lib
+from tpsearch_jax.training import state as state_lib
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.data.image_stats import CLIP_MEAN, CLIP_STD
 from tpsearch_jax.data.tokenizer import tokenize
@@ -43,7 +46,7 @@ def run_dir(tmp_path_factory):
   config = tiny_config()
   model = build_model(config)
   mesh = shd.create_mesh()
-  state, _, _ = train.create_train_state(config, model, mesh, jax.random.PRNGKey(3), train.example_batch(config))
+  state, _, _ = state_lib.create_train_state(config, model, mesh, jax.random.PRNGKey(3))
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   ckpt = checkpointing.Checkpointer(workdir, async_save=False)

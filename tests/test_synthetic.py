@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from tpsearch_jax.data import read_annotations
-from tpsearch_jax.data import synthetic_attributes as sa
-from tpsearch_jax.data import synthetic_render as sr
+from tpsearch_jax.data.synthetic import attributes as sa
+from tpsearch_jax.data.synthetic import render as sr
 from tpsearch_jax.data.synthetic import ensure, generate, main
-from tpsearch_jax.data.synthetic_captions import SYNONYMS
+from tpsearch_jax.data.synthetic.captions import SYNONYMS
 
 NUM_IDS, PER_ID = 40, 3
 

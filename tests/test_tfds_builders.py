@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
 import dataset_fixtures as fx  # noqa: E402
+from tpsearch_jax.data import input_pipeline as ip  # noqa: E402
 from tpsearch_jax.data import read_annotations  # noqa: E402
 from tpsearch_jax.data import tfds_builders as tb  # noqa: E402
 from tpsearch_jax.data.synthetic import generate  # noqa: E402
@@ -96,3 +98,60 @@ def test_command_line_prepares_into_data_dir(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "train: 4 images" in out and "test: 2 images" in out and "num_classes: 3" in out
   assert tb.IcfgPedes(data_dir=str(tmp_path / "tfds")).is_prepared()
+
+
+# ---------------------------------------------------------------------------------------------- data.use_tfds
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _assert_same_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_use_tfds_pipelines_give_the_image_folder_batches(tmp_path):
+  """Train (2 steps, augmented) and eval batches from the TFDS records equal those from the files, element-wise,
+  and are read from the records: the image files are moved away before the TFDS pipelines are built."""
+  root = fx.write_cuhk(str(tmp_path), size=(40, 20))  # PNG and JPEG files, larger than the 32×16 target
+  data_dir = str(tmp_path / "tfds")
+  tb.load_with_tfds("cuhk_pedes", data_dir=data_dir, manual_dir=root)
+  ann = read_annotations("cuhk_pedes", root)
+  common = dict(name="cuhk_pedes", root=root, image_size=(32, 16), num_parallel_calls=2, color_jitter=True)
+  folder_cfg = fx.data_config(**common)
+  tfds_cfg = fx.data_config(**common, use_tfds=True, tfds_data_dir=data_dir)
+  splits = {s: ann.split(s) for s in ("val", "test")}
+  want_train = _take(ip.train_iterator(ann.train, folder_cfg, 4, seed=3), 2)
+  want_eval = {s: [list(b) for b in ip.eval_datasets(sp, folder_cfg, 2)] for s, sp in splits.items()}
+  os.rename(os.path.join(root, "imgs"), os.path.join(root, "imgs_moved"))
+
+  pipeline = ip.TrainPipeline(ann.train, tfds_cfg, 4, seed=3)
+  assert (pipeline.steps_per_epoch, pipeline.num_examples, pipeline.num_skipped) == (2, 9, 0)
+  _assert_same_batches(want_train, _take(pipeline.iterator(), 2))
+  for s, sp in splits.items():
+    got = [list(b) for b in ip.eval_datasets(sp, tfds_cfg, 2)]
+    for want_kind, got_kind in zip(want_eval[s], got):
+      _assert_same_batches(want_kind, got_kind)
+  assert np.abs(want_train[0]["images"]).max() > 0.5  # real pixels, not zeros
+
+
+def test_use_tfds_names_unprepared_records_and_absent_images(tmp_path, caplog):
+  root = fx.write_cuhk(str(tmp_path))
+  ann = read_annotations("cuhk_pedes", root)
+  data_dir = str(tmp_path / "tfds")
+  cfg = fx.data_config(name="cuhk_pedes", root=root, image_size=(8, 4), use_tfds=True, tfds_data_dir=data_dir)
+  with pytest.raises(FileNotFoundError, match="not prepared.*python -m tpsearch_jax.data.tfds_builders"):
+    ip.TrainPipeline(ann.train, cfg, 4, seed=0)
+  tb.load_with_tfds("cuhk_pedes", data_dir=data_dir, manual_dir=root)
+  val_image = ann.split("val").image_paths[0]  # exists on disk, but is not in the train records
+  records = list(ann.train) + [ann.train[0]._replace(image_path=val_image)]
+  with pytest.raises(ip.ImageDecodeError, match=r"0100_c1s1_000151_00\.jpg: not in TFDS cuhk_pedes/train"):
+    ip.TrainPipeline(records, cfg, 4, seed=0)
+  cfg.skip_corrupt = True
+  pipeline = ip.TrainPipeline(records, cfg, 4, seed=0)
+  assert (pipeline.num_examples, pipeline.num_skipped) == (9, 1) and "skipping 1 examples" in caplog.text

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import regex
 
-from tpsearch_jax.data import tokenizer
+from tpsearch_jax.models.clip import tokenizer
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "fixtures" / "tokenizer_golden.json").read_text("utf-8"))
 CASES = GOLDEN["cases"]

@@ -13,7 +13,10 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 import dataset_fixtures
-from tpsearch_jax import checkpointing, train
+from tpsearch_jax.training import checkpointing
+from tpsearch_jax import batch as batch_lib
+from tpsearch_jax.training import state as state_lib
+from tpsearch_jax.training import config_checks, eval_only, trainer
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.models import build_model
@@ -55,7 +58,7 @@ def shrink(c, batch_size: int = 8):
 def random_batch(c, batch_size: int, seed: int = 0, num_classes: int = 5) -> dict[str, np.ndarray]:
   """A train batch of the contract with random images and captions; identities repeat (2 rows per pid)."""
   rng = np.random.default_rng(seed)
-  b = train.example_batch(c, batch_size)
+  b = batch_lib.fake_train_batch(c, batch_size)
   b["images"] = rng.normal(size=b["images"].shape).astype(np.float32)
   words = rng.integers(300, 2000, size=(batch_size, 8))
   b["caption_ids"][:, 1:9] = words
@@ -79,12 +82,12 @@ def tiny():
   c = shrink(load_config("cuhk", "clip"), batch_size=16)
   c.optim.lr = 1e-3
   c.schedule.warmup_epochs = 0
-  c = train.resolve_config(c, num_classes=5)
+  c = config_checks.resolve_config(c, num_classes=5)
   model = build_model(c)
   mesh1 = shd.create_mesh(jax.devices()[:1])
-  state, tx, sh1 = train.create_train_state(c, model, mesh1, jax.random.PRNGKey(0), train.example_batch(c))
+  state, tx, sh1 = state_lib.create_train_state(c, model, mesh1, jax.random.PRNGKey(0))
   host_state = jax.device_get(state)
-  step1 = train.make_train_step(c, model, tx, mesh1, sh1)
+  step1 = state_lib.make_train_step(c, model, tx, mesh1, sh1)
   return dict(config=c, model=model, tx=tx, mesh1=mesh1, sh1=sh1, host_state=host_state, step1=step1)
 
 
@@ -106,11 +109,11 @@ def test_step_on_8_devices_equals_step_on_1_device(tiny):
     c8 = c.copy_and_resolve_references()
     c8.train.fsdp, c8.train.fsdp_min_size = fsdp, 1
     mesh8 = shd.create_mesh()
-    _, _, sh8 = train.abstract_train_state(c8, model, mesh8, train.example_batch(c8))
+    _, _, sh8 = state_lib.abstract_train_state(c8, model, mesh8)
     if fsdp:
       specs = [s.spec for s in jax.tree.leaves(sh8.params)]
       assert any(shd.DATA in tuple(spec) for spec in specs)  # some parameters really are split
-    step8 = train.make_train_step(c8, model, tx, mesh8, sh8)
+    step8 = state_lib.make_train_step(c8, model, tx, mesh8, sh8)
     got, got_losses = _run(step8, jax.device_put(tiny["host_state"], sh8), batches)
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
     got = jax.device_get(got)
@@ -145,16 +148,16 @@ def test_non_finite_loss_names_step_and_term(tiny):
   batch["images"][3, 0, 0, 0] = np.nan
   state = jax.device_put(tiny["host_state"], tiny["sh1"])
   _, metrics = tiny["step1"](state, batch)
-  with pytest.raises(train.NonFiniteLossError, match=r"non-finite loss at step 12: \{.*'sdm': nan"):
-    train.summarize_train_metrics([(12, metrics)])
+  with pytest.raises(trainer.NonFiniteLossError, match=r"non-finite loss at step 12: \{.*'sdm': nan"):
+    trainer.summarize_train_metrics([(12, metrics)])
 
 
 def test_summary_averages_and_reports_first_bad_step():
   ok = {"loss": 2.0, "sdm": 1.5, "finite": True}
   bad = {"loss": float("inf"), "sdm": 1.0, "id": float("inf"), "finite": False}
-  assert train.summarize_train_metrics([(1, ok), (2, dict(ok, loss=4.0))]) == {"loss": 3.0, "sdm": 1.5}
-  with pytest.raises(train.NonFiniteLossError, match=r"step 3: \{'id': inf, 'loss': inf\}"):
-    train.summarize_train_metrics([(2, ok), (3, bad), (4, bad)])
+  assert trainer.summarize_train_metrics([(1, ok), (2, dict(ok, loss=4.0))]) == {"loss": 3.0, "sdm": 1.5}
+  with pytest.raises(trainer.NonFiniteLossError, match=r"step 3: \{'id': inf, 'loss': inf\}"):
+    trainer.summarize_train_metrics([(2, ok), (3, bad), (4, bad)])
 
 
 def _cuhk_config(root, **overrides):
@@ -175,7 +178,7 @@ def _cuhk_config(root, **overrides):
 def test_cuhk_recipe_end_to_end_and_eval_mode(tmp_path):
   root = dataset_fixtures.write_cuhk(str(tmp_path / "data"))
   workdir = str(tmp_path / "run")
-  result = train.train_and_evaluate(_cuhk_config(root), workdir)
+  result = trainer.train_and_evaluate(_cuhk_config(root), workdir)
 
   on_disk = json.load(open(os.path.join(workdir, "results.json")))
   assert on_disk == json.loads(json.dumps(result))
@@ -191,16 +194,16 @@ def test_cuhk_recipe_end_to_end_and_eval_mode(tmp_path):
     assert set(row) >= {"R1", "R5", "R10", "mAP", "mINP", "num_queries", "num_gallery", "step", "checkpoint"}
 
   # --mode=eval on the same workdir restores the best checkpoint and reproduces its numbers.
-  again = train.evaluate_only(_cuhk_config(root), workdir)
+  again = eval_only.evaluate_only(_cuhk_config(root), workdir)
   for split in ("val", "test"):
     for k in ("R1", "R5", "mAP", "mINP", "step", "checkpoint"):
       assert again["splits"][split][k] == on_disk["splits"][split][k], (split, k)
 
 
 def _final_state(workdir, config):
-  c = train.resolve_config(config, num_classes=3)
+  c = config_checks.resolve_config(config, num_classes=3)
   model = build_model(c)
-  abstract, _, _ = train.abstract_train_state(c, model, shd.create_mesh(), train.example_batch(c), steps_per_epoch=1)
+  abstract, _, _ = state_lib.abstract_train_state(c, model, shd.create_mesh(), steps_per_epoch=1)
   ckpt = checkpointing.Checkpointer(workdir, async_save=False)
   state, meta = ckpt.restore(abstract)
   ckpt.close()
@@ -213,18 +216,18 @@ def test_resume_after_sigterm_equals_uninterrupted_run(tmp_path):
   overrides = {"schedule.num_epochs": 4, "eval.select_on": "none", "eval.splits": ("test",),
                "train.checkpoint_every_steps": 3}
   straight = str(tmp_path / "straight")
-  train.train_and_evaluate(_cuhk_config(root, **overrides), straight)
+  trainer.train_and_evaluate(_cuhk_config(root, **overrides), straight)
 
   def sigterm_after_step_2(step):
     if step == 2:
       os.kill(os.getpid(), signal.SIGTERM)
 
   interrupted = str(tmp_path / "interrupted")
-  out = train.train_and_evaluate(_cuhk_config(root, **overrides), interrupted, callbacks=[sigterm_after_step_2])
+  out = trainer.train_and_evaluate(_cuhk_config(root, **overrides), interrupted, callbacks=[sigterm_after_step_2])
   assert out == {"preempted": True, "step": 2}
   assert sorted(os.listdir(os.path.join(interrupted, "checkpoints"))) == ["2"]  # saved on SIGTERM, not by schedule
   assert not os.path.exists(os.path.join(interrupted, "results.json"))
-  train.train_and_evaluate(_cuhk_config(root, **overrides), interrupted)  # resumes at step 2
+  trainer.train_and_evaluate(_cuhk_config(root, **overrides), interrupted)  # resumes at step 2
 
   want, want_meta = _final_state(straight, _cuhk_config(root, **overrides))
   got, got_meta = _final_state(interrupted, _cuhk_config(root, **overrides))

@@ -1,14 +1,17 @@
-"""Writes tests/fixtures/hf_tiny_clip: a tiny random ``transformers.CLIPModel`` and its outputs for fixed inputs.
+"""Writes tests/fixtures/hf_tiny_clip*: tiny random ``transformers.CLIPModel``s and their outputs for fixed inputs.
 
 Needs torch + transformers (any CPU build); the project itself never imports torch. Run from the repository root:
 
-    python tools/make_clip_fixture.py --out tests/fixtures/hf_tiny_clip
+    python tools/make_clip_fixture.py --out_dir tests/fixtures [--only hf_tiny_clip_mlp]
 
-Files written:
+Models (``FIXTURES``): ``hf_tiny_clip`` with the usual 4 x width MLPs, and ``hf_tiny_clip_mlp``, the same towers
+with MLP hidden widths that are not 4 x width (and differ between the towers), so that a loader assuming 4 x width,
+or taking one tower's MLP width for the other's, fails. Files written in each folder:
   config.json, model.safetensors   HF layout (``save_pretrained``), float32.
   openai_layout.npz                the same weights under OpenAI ``.pt`` state-dict names, float16 as OpenAI ships
                                    them (weights are rounded to float16 first, so both files hold identical values).
-  outputs.npz                      reference activations, see ``reference_outputs``.
+  outputs.npz                      reference activations, see ``reference_outputs`` (hf_tiny_clip_mlp: the
+                                   native-resolution image and text outputs only).
 
 The towers deliberately differ (widths, layers, heads, projection dim) so that a loader that mixes up which
 dimension comes from where fails. Every parameter (LayerNorm scales and all biases included) is random.
@@ -34,12 +37,17 @@ PATCH = 8
 RESIZED = (48, 16)  # non-square, non-native resolution: grid 4x4 -> 6x2 (up in height, down in width)
 
 
-def build_model() -> transformers.CLIPModel:
-  """A random CLIPModel; weights rounded to float16-representable values."""
-  text = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+# folder name -> MLP hidden widths (text width 16, vision width 32)
+FIXTURES = {"hf_tiny_clip": dict(text_mlp=64, vision_mlp=128, resized=True),
+            "hf_tiny_clip_mlp": dict(text_mlp=40, vision_mlp=72, resized=False)}
+
+
+def build_model(text_mlp: int = 64, vision_mlp: int = 128) -> transformers.CLIPModel:
+  """A random CLIPModel with the given MLP hidden widths; weights rounded to float16-representable values."""
+  text = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=text_mlp, num_hidden_layers=3, num_attention_heads=2,
               max_position_embeddings=CONTEXT, hidden_act="quick_gelu", layer_norm_eps=1e-5,
               bos_token_id=SOT, eos_token_id=EOT, pad_token_id=0)
-  vision = dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+  vision = dict(hidden_size=32, intermediate_size=vision_mlp, num_hidden_layers=2, num_attention_heads=4,
                 image_size=IMAGE, patch_size=PATCH, hidden_act="quick_gelu", layer_norm_eps=1e-5)
   config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
   config._attn_implementation = "eager"
@@ -134,14 +142,25 @@ def vision_outputs(model, pixels: torch.Tensor, posemb: torch.Tensor | None = No
   return tokens.numpy(), pooled.numpy()
 
 
+def text_outputs(model, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(all tokens after final_layer_norm + text_projection [B, L, E], HF pooled text features [B, E])."""
+  with torch.no_grad():
+    out = model.text_model(input_ids=torch.from_numpy(ids))  # last_hidden_state already has final_layer_norm
+    return model.text_projection(out.last_hidden_state).numpy(), model.text_projection(out.pooler_output).numpy()
+
+
 @torch.no_grad()
-def reference_outputs(model) -> dict[str, np.ndarray]:
-  """Fixed inputs (NHWC images, ids) and HF's activations for them."""
+def reference_outputs(model, resized: bool = True) -> dict[str, np.ndarray]:
+  """Fixed inputs (NHWC images, ids) and HF's activations for them; ``resized``: also the 48x16 and grid checks."""
   rng = np.random.default_rng(2)
   res = {}
   pixels = torch.from_numpy(rng.standard_normal((2, 3, IMAGE, IMAGE)).astype(np.float32))
   res["images"] = pixels.permute(0, 2, 3, 1).numpy()
   res["image_tokens"], res["image_embeds"] = vision_outputs(model, pixels)
+  if not resized:
+    res["ids"] = token_ids(rng).astype(np.int32)
+    res["text_tokens"], res["text_embeds"] = text_outputs(model, res["ids"].astype(np.int64))
+    return res
 
   pixels = torch.from_numpy(rng.standard_normal((2, 3, *RESIZED)).astype(np.float32))
   posemb = bilinear_resize(model.vision_model.embeddings.position_embedding.weight, (RESIZED[0] // PATCH,
@@ -151,10 +170,8 @@ def reference_outputs(model) -> dict[str, np.ndarray]:
   res["image_tokens_48x16"], res["image_embeds_48x16"] = vision_outputs(model, pixels, posemb)
 
   ids = token_ids(rng)
-  out = model.text_model(input_ids=torch.from_numpy(ids))  # last_hidden_state already has final_layer_norm
   res["ids"] = ids.astype(np.int32)
-  res["text_tokens"] = model.text_projection(out.last_hidden_state).numpy()
-  res["text_embeds"] = model.text_projection(out.pooler_output).numpy()
+  res["text_tokens"], res["text_embeds"] = text_outputs(model, ids)
 
   # A B/16-shaped grid (14x14 + CLS) resized to 24x8 by PyTorch itself, narrow width to stay small.
   grid = torch.from_numpy(rng.standard_normal((1 + 14 * 14, 8)).astype(np.float32))
@@ -163,22 +180,29 @@ def reference_outputs(model) -> dict[str, np.ndarray]:
   return res
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default="tests/fixtures/hf_tiny_clip")
-  args = parser.parse_args()
-  out = pathlib.Path(args.out)
+def write_fixture(out: pathlib.Path, text_mlp: int, vision_mlp: int, resized: bool) -> None:
+  """One fixture folder: HF files, the OpenAI-layout npz, outputs.npz and versions.json."""
   out.mkdir(parents=True, exist_ok=True)
-  model = build_model()
+  model = build_model(text_mlp, vision_mlp)
   model.save_pretrained(out, safe_serialization=True)
   state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
   np.savez(out / "openai_layout.npz", **{k: v.astype(np.float16) if v.dtype == np.float32 else v
                                          for k, v in hf_to_openai(state).items()})
-  np.savez(out / "outputs.npz", **reference_outputs(model))
+  np.savez(out / "outputs.npz", **reference_outputs(model, resized))
   meta = {"torch": torch.__version__, "transformers": transformers.__version__}
   (out / "versions.json").write_text(json.dumps(meta, indent=1) + "\n")
   for f in sorted(out.iterdir()):
     print(f"{f}  {f.stat().st_size / 1024:.1f} KiB")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out_dir", default="tests/fixtures")
+  parser.add_argument("--only", choices=sorted(FIXTURES), default=None, help="write one fixture folder")
+  args = parser.parse_args()
+  for name, spec in FIXTURES.items():
+    if args.only in (None, name):
+      write_fixture(pathlib.Path(args.out_dir) / name, **spec)
 
 
 if __name__ == "__main__":

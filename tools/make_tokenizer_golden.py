@@ -27,7 +27,7 @@ import ftfy
 from transformers import CLIPTokenizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-GZ = ROOT / "tpsearch_jax" / "data" / "bpe_simple_vocab_16e6.txt.gz"
+GZ = ROOT / "tpsearch_jax" / "models" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
 OUT = ROOT / "tests" / "fixtures" / "tokenizer_golden.json"
 MERGES = 48894
 

@@ -17,8 +17,3 @@ def load_config_module(path: str) -> types.ModuleType:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
-
-
-def base_config(anchor_file: str, method: str):
-  """``get_config(method)`` of ``default.py`` in the folder of ``anchor_file`` (a dataset config file)."""
-  return load_config_module(os.path.join(os.path.dirname(os.path.abspath(anchor_file)), "default.py")).get_config(method)

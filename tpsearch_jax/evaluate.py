@@ -2,21 +2,23 @@
 
 Gallery images and query captions are encoded with the sharded model (each global batch split over the "data"
 axis), padded rows dropped with the pipeline's ``valid`` masks, and R@1/5/10, mAP, mINP computed on device with
-``tpsearch_jax.metrics`` (query blocks, no [Q, G] matrix). ``results.json`` in the work directory holds one row per
-evaluated split.
+``tpsearch_jax.metrics`` (query blocks, no [Q, G] matrix). ``evaluate_splits`` runs it on several splits;
+``results.json`` in the work directory holds one row per evaluated split (``results_payload`` / ``report``).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from absl import logging
+from jax.sharding import Mesh
 
 from tpsearch_jax import metrics as retrieval
 from tpsearch_jax import sharding as shd
@@ -49,7 +51,7 @@ class Evaluator:
 
   def _gather_valid(self, embs: list[jax.Array], idx: np.ndarray, shard_rows: bool) -> jax.Array:
     """Concatenated embeddings [N, D] → rows ``idx`` [n, D], split over "data" or replicated."""
-    out = NamedSharding(self.mesh, P(shd.DATA) if shard_rows else P())
+    out = shd.batch_sharding(self.mesh) if shard_rows else shd.replicated(self.mesh)
     key = (len(embs), len(idx), shard_rows)
     if key not in self._select:
       self._select[key] = jax.jit(lambda es, i: jnp.take(jnp.concatenate(es, axis=0), i, axis=0), out_shardings=out)
@@ -108,3 +110,40 @@ def write_results(workdir: str, payload: Mapping[str, Any]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
   return str(path)
+
+
+def evaluate_splits(evaluator: Evaluator, params, batches_of: Callable[[str], tuple[Iterable, Iterable]],
+                    splits: Sequence[str], step: int, checkpoint: str, epoch: int | None = None) -> dict[str, dict]:
+  """{split: metrics row + step, checkpoint (and epoch)} for ``splits``; ``batches_of(split)`` → (images, texts)."""
+  rows = {}
+  for split in splits:
+    t0 = time.time()
+    images, texts = batches_of(split)
+    row = evaluator.evaluate(params, images, texts)
+    row.update(step=int(step), checkpoint=checkpoint)
+    if epoch is not None:
+      row["epoch"] = int(epoch)
+    rows[split] = row
+    logging.info("eval %s @ step %d (%s): %s [%.1fs]", split, step, checkpoint,
+                 ", ".join(f"{k} {row[k]:.3f}" for k in METRIC_KEYS), time.time() - t0)
+  return rows
+
+
+def results_payload(config, rows: Mapping[str, dict], last_rows: Mapping[str, dict] | None = None) -> dict:
+  """The results.json content: dataset, method, selection split, one row per split (and the last state's rows)."""
+  payload = {"dataset": config.data.name, "method": config.model.name, "select_on": config.eval.select_on,
+             "splits": dict(rows)}
+  if last_rows:
+    payload["last"] = dict(last_rows)
+  return payload
+
+
+def report(workdir: str, payload: Mapping[str, Any]) -> str:
+  """Writes results.json and prints the results table (process 0); returns the file's path."""
+  path = write_results(workdir, payload)
+  table = dict(payload["splits"])
+  table.update({f"{k} (last)": v for k, v in payload.get("last", {}).items()})
+  logging.info("Results written to %s", path)
+  if jax.process_index() == 0:
+    print(format_table(table), flush=True)
+  return path

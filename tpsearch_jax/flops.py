@@ -15,6 +15,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from tpsearch_jax import objectives
+from tpsearch_jax.models import model_options
 from tpsearch_jax.models.clip import CLIPConfig
 
 # Backward/forward FLOP ratio per breakdown entry: 2 (input grad + weight grad) unless listed here.
@@ -37,10 +39,11 @@ def attention(q_len: int, kv_len: int, width: int, kv_width: int | None = None) 
   }
 
 
-def transformer(tokens: int, width: int, layers: int, mlp_ratio: int = 4) -> dict[str, float]:
-  """A stack of pre-LN self-attention blocks over one sequence of ``tokens`` positions."""
+def transformer(tokens: int, width: int, layers: int, mlp_dim: int | None = None) -> dict[str, float]:
+  """A stack of pre-LN self-attention blocks over one sequence of ``tokens`` positions; MLP hidden width ``mlp_dim``
+  (None: 4·width)."""
   per_layer = attention(tokens, tokens, width)
-  per_layer["mlp"] = 2 * matmul(tokens, mlp_ratio * width, width)
+  per_layer["mlp"] = 2 * matmul(tokens, 4 * width if mlp_dim is None else mlp_dim, width)
   return {name: layers * value for name, value in per_layer.items()}
 
 
@@ -53,7 +56,7 @@ def vision_tower(clip: CLIPConfig) -> dict[str, float]:
   gh, gw = clip.grid
   patches = gh * gw
   out = {"patch_embed": matmul(patches, clip.vision_width, 3 * clip.patch_size ** 2)}
-  out.update(transformer(patches + 1, clip.vision_width, clip.vision_layers))
+  out.update(transformer(patches + 1, clip.vision_width, clip.vision_layers, clip.vision_mlp_width))
   out["proj"] = matmul(patches + 1, clip.embed_dim, clip.vision_width)
   return out
 
@@ -61,7 +64,7 @@ def vision_tower(clip: CLIPConfig) -> dict[str, float]:
 def text_tower(clip: CLIPConfig, length: int | None = None) -> dict[str, float]:
   """Forward FLOPs of the text transformer for one caption of ``length`` tokens (default context_length)."""
   length = clip.context_length if length is None else length
-  out = transformer(length, clip.text_width, clip.text_layers)
+  out = transformer(length, clip.text_width, clip.text_layers, clip.text_mlp_width)
   out["proj"] = matmul(length, clip.embed_dim, clip.text_width)
   return out
 
@@ -136,21 +139,21 @@ def _add(into: dict[str, float], more: Mapping[str, float]) -> None:
 def train_step_flops(config: Any, batch_size: int) -> StepFlops:
   """Analytic FLOPs of one training step of ``config`` (config.model / config.loss layout) at global ``batch_size``.
 
-  Follows ``tpsearch_jax.models.retrieval``: the image tower once; the text tower on the captions, and again on the
+  Built from the same method description as the model (``model_options`` + ``objectives.required_heads``): the image
+  tower once; the text tower on the captions, and again on the
   masked ids when the MLM loss is on; cross-former + MLM head at all L positions; the shared classifier on every
   embedding piece of both modalities; one B×B similarity per global objective, per triplet-ranked embedding and per
   CMR part; EFA's per-pair aggregation and all-pairs set similarity; the part model's encoders and shared decoder.
   """
-  from tpsearch_jax.models import model_options  # pylint: disable=g-import-not-at-top
-
   clip, opts, lo = model_options(config)
+  heads = objectives.required_heads(lo)
   b = float(batch_size)
   length, embed = clip.context_length, clip.embed_dim
   gh, gw = clip.grid
   patches = gh * gw
   forward = _prefixed("vision", vision_tower(clip), b)
   forward.update(_prefixed("text", text_tower(clip), b))
-  if lo.mlm:
+  if heads.mlm:
     forward.update(_prefixed("text_mlm", text_tower(clip), b))
     forward.update(_prefixed("cross_former", cross_former(length, patches + 1, embed, opts.cross_layers), b))
     forward.update(_prefixed("mlm_head", mlm_head(length, embed, clip.vocab_size), b))
@@ -166,7 +169,7 @@ def train_step_flops(config: Any, batch_size: int) -> StepFlops:
     _add(part, _prefixed("decoder", _decoder_pass(p.num_parts, length, embed, p.decoder_layers,
                                                          shared_kv=True)))  # text parts: same memory K/V
     forward.update(_prefixed("part_model", part, b))
-  if lo.needs_classifier:
+  if heads.classifier:
     forward["classifier"] = 2 * matmul(b * pieces, opts.num_classes, embed)  # image and text pieces
   sims = sum(1 for w in (lo.sdm, lo.asdm, lo.itc) if w)
   if lo.triplet:

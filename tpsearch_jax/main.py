@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from tpsearch_jax.training import eval_only, trainer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.json.", required=True)
@@ -19,7 +22,6 @@ def _maybe_initialize_distributed() -> None:
   Triggers: TPSEARCH_DISTRIBUTED=1 (the launch/ scripts; cluster auto-detection), JAX_COORDINATOR_ADDRESS (+
   JAX_NUM_PROCESSES, JAX_PROCESS_ID), or a multi-task SLURM / Open MPI job, or a multi-host TPU slice.
   """
-  import jax
   if os.environ.get("TPSEARCH_DISTRIBUTED") == "1" and not os.environ.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize()
   elif os.environ.get("JAX_COORDINATOR_ADDRESS"):
@@ -34,14 +36,12 @@ def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   _maybe_initialize_distributed()
-  import jax
-  from tpsearch_jax import train
   logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.default_backend())
   if FLAGS.mode == "eval":
-    train.evaluate_only(FLAGS.config, FLAGS.workdir)
+    eval_only.evaluate_only(FLAGS.config, FLAGS.workdir)
     return 0
-  result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   return 143 if result.get("preempted") else 0
 
 

@@ -1,4 +1,5 @@
-"""CLIP's image normalisation constants (RGB, applied to [0, 1] pixels); no TensorFlow."""
+"""Former home of CLIP's image mean / std, now ``tpsearch_jax.models.clip.image_stats``; re-exported here."""
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from tpsearch_jax.models.clip.image_stats import CLIP_MEAN, CLIP_STD
+
+__all__ = ["CLIP_MEAN", "CLIP_STD"]

@@ -14,7 +14,8 @@ writes sharded TFRecords. One example per image:
 Per-image examples store each image once; the train pipeline expands captions (one sample per caption, as the
 reference loaders do) and evaluation takes the images as gallery and the captions as queries. Examples keep annotation
 order (no TFDS shuffling), so a split read with ``shuffle_files=False`` matches ``read_annotations`` exactly.
-``num_classes`` and the annotation file name are stored in ``info.metadata``.
+``num_classes`` and the annotation file name are stored in ``info.metadata``. With ``data.use_tfds=True`` the input
+pipeline reads the images from these records (``read_image_bytes``) instead of the image files.
 
     python -m tpsearch_jax.data.tfds_builders --dataset=cuhk_pedes --manual_dir=/data/CUHK-PEDES [--data_dir=...]
     # same through the TFDS CLI (TFDS 4.9's `tfds` command also needs apache-beam installed):
@@ -176,6 +177,30 @@ def load_with_tfds(name: str, data_dir: str, manual_dir: str | None = None) -> _
   config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
   builder.download_and_prepare(download_config=config)
   return builder
+
+
+def prepared_builder(name: str, data_dir: str | None) -> _PedesBuilder:
+  """The builder of ``name`` already prepared in ``data_dir`` (None: TFDS's default); raises naming how to prepare."""
+  if name not in BUILDERS:
+    raise ValueError(f"config.data.name={name!r} has no TFDS builder (data.use_tfds); expected one of "
+                     f"{', '.join(BUILDERS)}")
+  builder = BUILDERS[name](data_dir=data_dir)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"{name} is not prepared in {builder.data_dir} (config.data.tfds_data_dir={data_dir!r}, data.use_tfds=True). "
+        f"Prepare it once: python -m tpsearch_jax.data.tfds_builders --dataset={name} --manual_dir=<dataset folder>"
+        + (f" --data_dir={data_dir}" if data_dir else ""))
+  return builder
+
+
+def read_image_bytes(builder: _PedesBuilder, split: str) -> dict[str, bytes]:
+  """{image_path (relative to imgs/, as stored): encoded image bytes exactly as on disk} of one prepared split."""
+  if split not in builder.info.splits:
+    raise ValueError(f"split {split!r} is not in the TFDS records of {builder.name} in {builder.data_dir} "
+                     f"(splits: {', '.join(builder.info.splits)})")
+  ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+  ds = ds.map(lambda ex: (ex["image_path"], ex["image"]))
+  return {path.decode(): bytes(image) for path, image in tfds.as_numpy(ds)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,78 +1,17 @@
-"""Model registry: ``build_model(config)`` turns ``config.model`` / ``config.loss`` into the retrieval module.
+"""Models: the CLIP towers, the IRRA cross-former, the part model of Park et al., the retrieval model and its presets.
 
-Keys missing from the config take the method preset's value (``presets.method_preset(config.model.name)``); keys
-the model does not know raise an error naming them.
+``build_model(config)`` (``registry.py``) turns ``config.model`` / ``config.loss`` into a ``RetrievalModel``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import jax
-import jax.numpy as jnp
-
 from tpsearch_jax.models.clip import CLIP, CLIPConfig
 from tpsearch_jax.models.part_decoder import PartOptions
 from tpsearch_jax.models.presets import METHODS, method_preset, tiny_model_config
-from tpsearch_jax.models.retrieval import EmbedWeights, LossOptions, ModelOptions, RetrievalModel, check_options
+from tpsearch_jax.models.registry import build_model, check_options, model_options, resolve_dtype
+from tpsearch_jax.models.retrieval import EmbedWeights, ModelOptions, RetrievalModel
+from tpsearch_jax.objectives import Heads, LossOptions
 
-__all__ = ["CLIP", "CLIPConfig", "EmbedWeights", "LossOptions", "METHODS", "ModelOptions", "PartOptions",
-           "RetrievalModel", "build_model", "method_preset", "model_options", "tiny_model_config"]
-
-_BACKBONE_KEYS = ("clip", "dtype", "remat", "attention_impl")
-
-
-def _plain(x, where: str) -> dict:
-  """ConfigDict / Mapping → plain nested dict."""
-  if hasattr(x, "to_dict"):
-    return x.to_dict()
-  if isinstance(x, Mapping):
-    return {k: _plain(v, f"{where}.{k}") if isinstance(v, Mapping) or hasattr(v, "to_dict") else v
-            for k, v in x.items()}
-  raise TypeError(f"{where} must be a mapping or ConfigDict, got {type(x).__name__}")
-
-
-def _merge(defaults: dict, given: dict, where: str) -> dict:
-  unknown = sorted(set(given) - set(defaults))
-  if unknown:
-    raise ValueError(f"unknown key(s) {unknown} in {where}; known: {sorted(defaults)}")
-  return {**defaults, **given}
-
-
-def model_options(config) -> tuple[CLIPConfig, ModelOptions, LossOptions]:
-  """config (ConfigDict or nested mapping with "model" and "loss") → frozen (CLIPConfig, ModelOptions, LossOptions)."""
-  model_cfg = _plain(config["model"], "config.model")
-  loss_cfg = _plain(config["loss"], "config.loss") if "loss" in config else {}
-  name = model_cfg.get("name")
-  if name not in METHODS:
-    raise ValueError(f"config.model.name must be one of {METHODS}, got {name!r}")
-  preset = method_preset(name)
-  backbone = {k: model_cfg.pop(k) for k in _BACKBONE_KEYS if k in model_cfg}
-  model_defaults = dict(preset["model"], num_classes=0)
-  model = _merge(model_defaults, model_cfg, "config.model")
-  model["num_classes"] = int(model["num_classes"] or 0)  # None (not yet filled from the data) = no classifier size
-  model["part"] = PartOptions(**_merge(model_defaults["part"], model_cfg.get("part", {}), "config.model.part"))
-  model["embed_weights"] = EmbedWeights(**_merge(model_defaults["embed_weights"], model_cfg.get("embed_weights", {}),
-                                                 "config.model.embed_weights"))
-  loss = LossOptions(**_merge(preset["loss"], loss_cfg, "config.loss"))
-
-  clip = dict(backbone.get("clip", {}))
-  for k in ("dtype", "remat", "attention_impl"):
-    if k in clip:
-      raise ValueError(f"config.model.clip.{k} is not allowed; set config.model.{k}")
-  dtype = backbone.get("dtype", "float32")
-  if dtype == "auto":
-    dtype = "bfloat16" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "float32"
-  if dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"config.model.dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
-  clip_config = CLIPConfig.from_dict(dict(clip, dtype=jnp.dtype(dtype),
-                                          remat=bool(backbone.get("remat", False)),
-                                          attention_impl=backbone.get("attention_impl")))
-  options = ModelOptions(**model)
-  check_options(clip_config, options, loss)
-  return clip_config, options, loss
-
-
-def build_model(config) -> RetrievalModel:
-  """config.model / config.loss → ``RetrievalModel`` (apply contract in ``tpsearch_jax.models.retrieval``)."""
-  return RetrievalModel(*model_options(config))
+__all__ = ["CLIP", "CLIPConfig", "EmbedWeights", "Heads", "LossOptions", "METHODS", "ModelOptions", "PartOptions",
+           "RetrievalModel", "build_model", "check_options", "method_preset", "model_options", "resolve_dtype",
+           "tiny_model_config"]

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tpsearch_jax.models.clip import LN_EPS, BlockInit, Transformer, _attention_fn, quick_gelu
+from tpsearch_jax.models.blocks import LN_EPS, BlockInit, Transformer, attention_fn, quick_gelu
 
 
 def block_init(width: int, layers: int) -> BlockInit:
@@ -43,7 +43,7 @@ class CrossFormer(nn.Module):
     q = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_pre_t")(text.astype(self.dtype))
     kv = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_pre_i")(image.astype(self.dtype))
     x = nn.MultiHeadDotProductAttention(
-        num_heads=self.heads, dtype=self.dtype, attention_fn=_attention_fn(self.attention_impl),
+        num_heads=self.heads, dtype=self.dtype, attention_fn=attention_fn(self.attention_impl),
         kernel_init=nn.initializers.normal(init.attn), out_kernel_init=nn.initializers.normal(init.attn_out),
         name="cross_attn")(q, kv)
     x = Transformer(self.width, self.layers, self.heads, self.dtype, self.remat, self.attention_impl, block_init=init,

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tpsearch_jax.models.clip import LN_EPS, MLP, Transformer
+from tpsearch_jax.models.blocks import LN_EPS, MLP, Transformer
 
 
 @dataclasses.dataclass(frozen=True)

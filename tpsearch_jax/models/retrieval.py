@@ -1,17 +1,9 @@
-"""The retrieval model: the CLIP backbone plus the heads that the method's options switch on, and its loss terms.
+"""The retrieval model: the CLIP backbone plus the heads that the method needs; it returns outputs, never losses.
 
 Embeddings per modality: "global" [B, E] (CLS / EOT token, or max over patch tokens / valid text tokens), and with
-the part model "coarse" [B, N_D, E] and "part" [B, P, E]. Losses are computed in float32 from these; a loss whose
-weight is 0 is not computed at all. No dropout anywhere, so ``train`` does not change the result.
-
-Loss wiring (weights in ``LossOptions``):
-  sdm / asdm / itc  global embeddings.
-  id                shared classifier on every embedding piece of both modalities (global only without the part
-                    model); the term is the mean over pieces of ½[CE(image) + CE(text)].
-  mlm               cross-former on the re-encoded ``mlm_ids`` against all image tokens; labels 0 are ignored.
-  efa               all L text tokens of ``caption_ids`` vs the image patch tokens (CLS dropped).
-  triplet           summed over the global embedding (when ``global_loss == "triplet"``) and each coarse embedding.
-  cmr               the P part embeddings; the "prob" commonality gets the shared classifier's part logits.
+the part model "coarse" [B, N_D, E] and "part" [B, P, E]. The training objective (``tpsearch_jax.objectives``) turns
+the outputs of ``__call__`` into loss terms; the heads built are ``heads`` (``objectives.required_heads``). No dropout
+anywhere, so ``train`` does not change the result.
 
 Retrieval vector (``encode_images`` / ``encode_texts``): pieces [global, coarse_1..N_D, part_1..P], each L2-normalised
 and scaled by √w (w = embed_weights.global_ / coarse / part per piece), concatenated and L2-normalised again, so
@@ -26,12 +18,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tpsearch_jax import losses
+from tpsearch_jax import batch as batch_lib
 from tpsearch_jax.models.clip import CLIP, CLIPConfig
 from tpsearch_jax.models.cross_former import CrossFormer, MLMHead
 from tpsearch_jax.models.part_decoder import PartModel, PartOptions, stripe_bounds
-
-LOSS_NAMES = ("sdm", "asdm", "itc", "id", "mlm", "efa", "triplet", "cmr")
+from tpsearch_jax.objectives import Heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,58 +48,13 @@ class ModelOptions:
   embed_weights: EmbedWeights = EmbedWeights()
 
 
-@dataclasses.dataclass(frozen=True)
-class LossOptions:
-  """Loss weights (0 = off) and hyper-parameters; field names match ``config.loss``."""
-
-  sdm: float = 0.0
-  asdm: float = 0.0
-  itc: float = 0.0
-  id: float = 0.0
-  mlm: float = 0.0
-  efa: float = 0.0
-  triplet: float = 0.0
-  cmr: float = 0.0
-  logit_scale: float = 50.0
-  asdm_alpha: float = 0.1
-  asdm_gap: str = "cosine"
-  efa_margin_t2e: float = 0.1
-  efa_margin_i2e: float = 0.9
-  efa_lse_temperature: float = 1.0
-  efa_mask_padding: bool = False
-  triplet_margin: float = 0.2
-  cmr_margin: float = 0.2
-  cmr_floor: float = 0.05
-  cmr_commonality: str = "prob"
-  cmr_tau: float = 0.5
-  global_loss: str = "triplet"  # "sdm": the global embedding leaves the triplet term (trained by sdm/asdm/itc)
-
-  @property
-  def needs_classifier(self) -> bool:
-    return self.id != 0 or (self.cmr != 0 and self.cmr_commonality == "prob")
-
-
-def check_options(clip: CLIPConfig, model: ModelOptions, loss: LossOptions) -> None:
-  """Raises ValueError naming the config field of any inconsistent option."""
-  weights = {n: getattr(loss, n) for n in LOSS_NAMES}
-  if any(w < 0 for w in weights.values()):
-    raise ValueError(f"config.loss weights must be >= 0, got {weights}")
-  if not any(weights.values()):
-    raise ValueError(f"config.loss: every loss weight is 0 ({weights})")
+def check_model_options(clip: CLIPConfig, model: ModelOptions, heads: Heads) -> None:
+  """Raises ValueError naming the config field of any inconsistent model option."""
   if model.global_pool not in ("token", "max"):
     raise ValueError(f"config.model.global_pool must be 'token' or 'max', got {model.global_pool!r}")
-  if loss.global_loss not in ("triplet", "sdm"):
-    raise ValueError(f"config.loss.global_loss must be 'triplet' or 'sdm', got {loss.global_loss!r}")
-  if loss.needs_classifier and model.num_classes < 1:
+  if heads.classifier and model.num_classes < 1:
     raise ValueError(f"config.model.num_classes must be >= 1 for the ID classifier, got {model.num_classes}")
-  if loss.cmr and not model.use_parts:
-    raise ValueError("config.loss.cmr > 0 needs the part model (config.model.use_parts = True)")
-  if loss.triplet and loss.global_loss == "sdm":
-    if not model.use_parts:
-      raise ValueError("config.loss.triplet > 0 with global_loss='sdm' and no part model leaves nothing to rank")
-    if not (loss.sdm or loss.asdm or loss.itc):
-      raise ValueError("config.loss.global_loss='sdm' needs config.loss.sdm, asdm or itc > 0 for the global embedding")
-  if loss.mlm and clip.embed_dim % model.cross_heads:
+  if heads.mlm and clip.embed_dim % model.cross_heads:
     raise ValueError(f"embed_dim {clip.embed_dim} is not divisible by config.model.cross_heads {model.cross_heads}")
   if model.use_parts:
     stripe_bounds(clip.grid[0], model.part.num_parts)
@@ -134,28 +80,20 @@ def _masked_max(tokens: jax.Array, valid: jax.Array) -> jax.Array:
   return jnp.where(jnp.any(valid, axis=1)[:, None], x, 0)
 
 
-def _accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-  hit = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-  if mask is None:
-    return jnp.mean(hit)
-  mask = mask.astype(jnp.float32)
-  return jnp.sum(hit * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
 class RetrievalModel(nn.Module):
   """CLIP + optional classifier, cross-former/MLM head and part model. See the module docstring for the contract."""
 
   clip_config: CLIPConfig
   options: ModelOptions
-  loss: LossOptions
+  heads: Heads
 
   def setup(self):
-    c, o, lo = self.clip_config, self.options, self.loss
-    check_options(c, o, lo)
+    c, o, heads = self.clip_config, self.options, self.heads
+    check_model_options(c, o, heads)
     self.clip = CLIP(c)
-    if lo.needs_classifier:
+    if heads.classifier:
       self.classifier = nn.Dense(o.num_classes, dtype=c.dtype, kernel_init=nn.initializers.normal(0.001))
-    if lo.mlm:
+    if heads.mlm:
       self.cross_former = CrossFormer(c.embed_dim, o.cross_layers, o.cross_heads, c.dtype, c.remat, c.attention_impl)
       self.mlm_head = MLMHead(c.embed_dim, c.vocab_size, o.cross_layers, c.dtype)
     if o.use_parts:
@@ -207,72 +145,24 @@ class RetrievalModel(nn.Module):
     """caption ids int [B, L] → L2-normalised float32 [B, M·E] retrieval vectors."""
     return self._retrieval_vector(self.text_embeddings(ids))
 
-  # ---------------------------------------------------------------- training objective
-  def __call__(self, batch: dict[str, jax.Array], train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Train batch (see the batch contract) → (Σ weight·term f32 scalar, {term or accuracy name: f32 scalar})."""
+  # ---------------------------------------------------------------- training outputs
+  def __call__(self, batch: dict[str, jax.Array], train: bool = True) -> dict:
+    """Train batch (``tpsearch_jax.batch``) → outputs for ``objectives.compute_losses``:
+
+    {"image": image_embeddings(images), "text": text_embeddings(caption_ids),
+     + "image_logits", "text_logits" f32 [B, M, K] (classifier on every piece) with the classifier,
+     + "mlm_logits" f32 [B, L, V] (cross-former on mlm_ids vs all image tokens) with the MLM head}.
+    """
     del train  # no dropout or other train-only behaviour
-    lo, o = self.loss, self.options
-    for key in ("images", "caption_ids", "pids") + (("mlm_ids", "mlm_labels") if lo.mlm else ()):
-      if key not in batch:
-        raise KeyError(f"train batch has no {key!r} (present: {sorted(batch)})")
-    pids = batch["pids"]
+    batch_lib.check_train_batch(batch, ("images", "caption_ids", "pids") + (batch_lib.MLM_KEYS if self.heads.mlm
+                                                                              else ()))
     img = self.image_embeddings(batch["images"])
     txt = self.text_embeddings(batch["caption_ids"])
-    gv, gt = _f32(img["global"]), _f32(txt["global"])
-    terms = {}
-    if lo.sdm:
-      terms["sdm"] = losses.sdm_loss(gv, gt, pids, logit_scale=lo.logit_scale)
-    if lo.asdm:
-      terms["asdm"] = losses.asdm_loss(gv, gt, pids, logit_scale=lo.logit_scale, alpha=lo.asdm_alpha, gap=lo.asdm_gap)
-    if lo.itc:
-      terms["itc"] = losses.itc_loss(gv, gt, lo.logit_scale)
-
-    part_logits = (None, None)
-    if lo.needs_classifier:
-      img_pieces, txt_pieces = self._pieces(img), self._pieces(txt)
-      img_logits = _f32(self.classifier(img_pieces))  # [B, M, K]
-      txt_logits = _f32(self.classifier(txt_pieces))
-      if lo.id:
-        b, m, k = img_logits.shape
-        terms["id"] = losses.id_loss(img_logits.reshape(b * m, k), txt_logits.reshape(b * m, k), jnp.repeat(pids, m))
-      terms["img_acc"] = _accuracy(img_logits[:, 0], pids)
-      terms["txt_acc"] = _accuracy(txt_logits[:, 0], pids)
-      if o.use_parts:
-        part_logits = (img_logits[:, -o.part.num_parts:], txt_logits[:, -o.part.num_parts:])
-
-    if lo.mlm:
+    out = {"image": img, "text": txt}
+    if self.heads.classifier:
+      out["image_logits"] = _f32(self.classifier(self._pieces(img)))
+      out["text_logits"] = _f32(self.classifier(self._pieces(txt)))
+    if self.heads.mlm:
       mlm_tokens, _ = self.clip.encode_text(batch["mlm_ids"])
-      logits = _f32(self.mlm_head(self.cross_former(mlm_tokens, img["tokens"])))
-      labels = batch["mlm_labels"]
-      self.sow("intermediates", "mlm_logits", logits)
-      terms["mlm"] = losses.mlm_loss(logits, labels)
-      terms["mlm_acc"] = _accuracy(logits, labels, labels != 0)
-
-    if lo.efa:
-      mask = (batch["caption_ids"] != 0) if lo.efa_mask_padding else None
-      terms["efa"] = losses.efa_loss(_f32(txt["tokens"]), _f32(img["tokens"][:, 1:]), margin_t2e=lo.efa_margin_t2e,
-                                     margin_i2e=lo.efa_margin_i2e, lse_temperature=lo.efa_lse_temperature,
-                                     text_mask=mask)
-
-    if lo.triplet or lo.cmr:
-      tri_key, cmr_key = jax.random.split(self.make_rng("mining"))
-    if lo.triplet:
-      ranked_v = [gv[:, None]] if lo.global_loss == "triplet" else []
-      ranked_t = [gt[:, None]] if lo.global_loss == "triplet" else []
-      if o.use_parts:
-        ranked_v.append(_f32(img["coarse"]))
-        ranked_t.append(_f32(txt["coarse"]))
-      ranked_v, ranked_t = jnp.concatenate(ranked_v, axis=1), jnp.concatenate(ranked_t, axis=1)  # [B, G, E]
-      keys = jax.random.split(tri_key, ranked_v.shape[1])
-      per_embedding = jax.vmap(
-          lambda v, t, k: losses.triplet_ranking_loss(v, t, pids, k, margin=lo.triplet_margin),
-          in_axes=(1, 1, 0))(ranked_v, ranked_t, keys)
-      terms["triplet"] = jnp.sum(per_embedding)
-    if lo.cmr:
-      terms["cmr"] = losses.cmr_loss(
-          _f32(img["part"]), _f32(txt["part"]), pids, cmr_key, margin=lo.cmr_margin, floor=lo.cmr_floor,
-          commonality=lo.cmr_commonality, image_part_logits=part_logits[0], text_part_logits=part_logits[1],
-          tau=lo.cmr_tau)
-
-    total = sum(getattr(lo, name) * terms[name] for name in LOSS_NAMES if name in terms)
-    return jnp.asarray(total, jnp.float32), terms
+      out["mlm_logits"] = _f32(self.mlm_head(self.cross_former(mlm_tokens, img["tokens"])))
+    return out

@@ -1,8 +1,8 @@
 """OpenAI CLIP dual encoder in Flax Linen, returning full token sequences.
 
 Parameter names follow OpenAI's checkpoint (``visual.conv1``, ``transformer.resblocks_i.attn`` …) so the weight
-import in ``tpsearch_jax.checkpoints`` is a single table. Both towers apply the final LayerNorm and the projection to
-*every* token: the cross-former, EFA and the part decoder need all of them.
+import in ``tpsearch_jax.models.clip.weights`` is a single table. Both towers apply the final LayerNorm and the
+projection to *every* token: the cross-former, EFA and the part decoder need all of them.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import functools
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-LN_EPS = 1e-5  # PyTorch's default; Flax's 1e-6 would drift from the checkpoint.
+from tpsearch_jax.models.blocks import LN_EPS, Transformer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,14 +27,32 @@ class CLIPConfig:
   vision_width: int = 768
   vision_layers: int = 12
   vision_heads: int = 12
+  vision_mlp_dim: int | None = None  # MLP hidden width; None: 4 × vision_width
   context_length: int = 77
   vocab_size: int = 49408
   text_width: int = 512
   text_layers: int = 12
   text_heads: int = 8
+  text_mlp_dim: int | None = None  # MLP hidden width; None: 4 × text_width
   dtype: Any = jnp.float32  # compute dtype; params stay float32
   remat: bool = False
   attention_impl: str | None = None  # None = XLA; "cudnn" on GPUs that support it
+
+  def __post_init__(self):
+    for name in ("vision_mlp_dim", "text_mlp_dim"):
+      value = getattr(self, name)
+      if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{name} must be a positive int or None (4 x width), got {value!r}")
+
+  @property
+  def vision_mlp_width(self) -> int:
+    """The vision MLP hidden width: ``vision_mlp_dim``, or 4 × vision_width when that is None."""
+    return 4 * self.vision_width if self.vision_mlp_dim is None else self.vision_mlp_dim
+
+  @property
+  def text_mlp_width(self) -> int:
+    """The text MLP hidden width: ``text_mlp_dim``, or 4 × text_width when that is None."""
+    return 4 * self.text_width if self.text_mlp_dim is None else self.text_mlp_dim
 
   @property
   def grid(self) -> tuple[int, int]:
@@ -52,101 +69,6 @@ class CLIPConfig:
     if isinstance(d.get("dtype"), str):
       d["dtype"] = jnp.dtype(d["dtype"])
     return cls(**d)
-
-
-def quick_gelu(x: jax.Array) -> jax.Array:
-  """x·σ(1.702x), CLIP's activation. Any shape."""
-  return x * jax.nn.sigmoid(1.702 * x)
-
-
-def _attention_fn(impl: str | None):
-  """An ``attention_fn`` for ``nn.MultiHeadDotProductAttention`` backed by ``jax.nn.dot_product_attention``."""
-
-  def attend(query, key, value, bias=None, mask=None, dtype=None, precision=None, **unused):
-    del bias, precision, unused
-    if mask is not None:
-      mask = mask.astype(jnp.bool_)
-    dtype = dtype or query.dtype
-    return jax.nn.dot_product_attention(
-        query.astype(dtype), key.astype(dtype), value.astype(dtype), mask=mask, implementation=impl)
-
-  return attend
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockInit:
-  """Normal(0, std) kernel inits for a residual block; blocks built without one keep Flax's defaults.
-
-  attn: q/k/v kernels; attn_out: attention output kernel; fc: MLP c_fc; proj: MLP c_proj. Biases stay zero.
-  """
-
-  attn: float
-  attn_out: float
-  fc: float
-  proj: float
-
-
-def _kernel(std: float | None) -> dict:
-  """Keyword arguments selecting a Normal(0, std) kernel init, or none (the layer's default) when std is None."""
-  return {} if std is None else {"kernel_init": nn.initializers.normal(std)}
-
-
-class MLP(nn.Module):
-  """c_fc → QuickGELU → c_proj. [..., D] → [..., D]."""
-
-  width: int
-  dtype: Any = jnp.float32
-  block_init: BlockInit | None = None
-
-  @nn.compact
-  def __call__(self, x):
-    i = self.block_init
-    x = nn.Dense(self.width * 4, dtype=self.dtype, name="c_fc", **_kernel(i and i.fc))(x)
-    x = quick_gelu(x)
-    return nn.Dense(self.width, dtype=self.dtype, name="c_proj", **_kernel(i and i.proj))(x)
-
-
-class ResidualAttentionBlock(nn.Module):
-  """Pre-LN transformer block: x + attn(ln_1(x)); x + mlp(ln_2(x)). [B, L, D] → [B, L, D]."""
-
-  width: int
-  heads: int
-  dtype: Any = jnp.float32
-  attention_impl: str | None = None
-  block_init: BlockInit | None = None
-
-  @nn.compact
-  def __call__(self, x, mask=None):
-    i = self.block_init
-    inits = {} if i is None else {"kernel_init": nn.initializers.normal(i.attn),
-                                  "out_kernel_init": nn.initializers.normal(i.attn_out)}
-    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_1")(x)
-    y = nn.MultiHeadDotProductAttention(
-        num_heads=self.heads, dtype=self.dtype, attention_fn=_attention_fn(self.attention_impl),
-        name="attn", **inits)(y, y, mask=mask)
-    x = x + y
-    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_2")(x)
-    return x + MLP(self.width, dtype=self.dtype, block_init=i, name="mlp")(y)
-
-
-class Transformer(nn.Module):
-  """A stack of ``ResidualAttentionBlock`` named ``resblocks_{i}``. [B, L, D] → [B, L, D]."""
-
-  width: int
-  layers: int
-  heads: int
-  dtype: Any = jnp.float32
-  remat: bool = False
-  attention_impl: str | None = None
-  block_init: BlockInit | None = None
-
-  @nn.compact
-  def __call__(self, x, mask=None):
-    block_cls = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
-    for i in range(self.layers):
-      x = block_cls(self.width, self.heads, self.dtype, self.attention_impl, block_init=self.block_init,
-                    name=f"resblocks_{i}")(x, mask)
-    return x
 
 
 class VisionTransformer(nn.Module):
@@ -170,7 +92,7 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([cls, x], axis=1) + pos.astype(c.dtype)
     x = nn.LayerNorm(epsilon=LN_EPS, dtype=c.dtype, name="ln_pre")(x)
     x = Transformer(c.vision_width, c.vision_layers, c.vision_heads, c.dtype, c.remat, c.attention_impl,
-                    name="transformer")(x)
+                    mlp_dim=c.vision_mlp_width, name="transformer")(x)
     x = nn.LayerNorm(epsilon=LN_EPS, dtype=c.dtype, name="ln_post")(x)
     proj = self.param("proj", nn.initializers.normal(scale), (c.vision_width, c.embed_dim))
     tokens = x @ proj.astype(c.dtype)
@@ -197,7 +119,7 @@ class TextTransformer(nn.Module):
     x = (x + pos[:length]).astype(c.dtype)
     mask = nn.make_causal_mask(ids)
     x = Transformer(c.text_width, c.text_layers, c.text_heads, c.dtype, c.remat, c.attention_impl,
-                    name="transformer")(x, mask)
+                    mlp_dim=c.text_mlp_width, name="transformer")(x, mask)
     x = nn.LayerNorm(epsilon=LN_EPS, dtype=c.dtype, name="ln_final")(x)
     proj = self.param("text_projection", nn.initializers.normal(c.text_width ** -0.5),
                       (c.text_width, c.embed_dim))

@@ -21,11 +21,11 @@ import numpy as np
 import safetensors.numpy
 from flax import traverse_util
 
-from tpsearch_jax.checkpoints import clip_layouts as layouts
-from tpsearch_jax.checkpoints.clip_layouts import CheckpointError
-from tpsearch_jax.checkpoints.params_io import load_params, save_params
-from tpsearch_jax.checkpoints.posemb import resize_posemb
-from tpsearch_jax.models.clip import CLIP, CLIPConfig
+from tpsearch_jax.models.clip import layouts
+from tpsearch_jax.models.clip.layouts import CheckpointError
+from tpsearch_jax.models.clip.model import CLIP, CLIPConfig
+from tpsearch_jax.models.clip.params_io import load_params, save_params
+from tpsearch_jax.models.clip.posemb import resize_posemb
 
 log = logging.getLogger(__name__)
 

@@ -19,15 +19,14 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
-from tpsearch_jax.data import synthetic_attributes as sa
-from tpsearch_jax.data import synthetic_captions as sc
-from tpsearch_jax.data import synthetic_render as sr
+from tpsearch_jax.data.synthetic import attributes as sa
+from tpsearch_jax.data.synthetic import captions as sc
+from tpsearch_jax.data.synthetic import render as sr
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +192,3 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      twin_fraction=args.twin_fraction, image_format=args.format, overwrite=args.overwrite)
   print(json.dumps(summary, indent=1))
   return summary
-
-
-if __name__ == "__main__":
-  main(sys.argv[1:])

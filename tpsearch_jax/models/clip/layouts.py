@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from tpsearch_jax.models.clip import CLIPConfig
+from tpsearch_jax.models.clip.model import CLIPConfig
 
 HF_ANCHOR = "vision_model.embeddings.patch_embedding.weight"
 OPENAI_ANCHOR = "visual.conv1.weight"
@@ -80,9 +80,8 @@ def hf_architecture(config_json: Mapping, source: str) -> CLIPConfig:
       raise CheckpointError(f"{source}: {tower}.hidden_act is '{c['hidden_act']}'; the model implements quick_gelu")
     if not math.isclose(c["layer_norm_eps"], 1e-5):
       raise CheckpointError(f"{source}: {tower}.layer_norm_eps is {c['layer_norm_eps']}; the model uses 1e-5")
-    if c["intermediate_size"] != 4 * c["hidden_size"]:
-      raise CheckpointError(f"{source}: {tower}.intermediate_size {c['intermediate_size']} is not 4 x hidden_size "
-                            f"{c['hidden_size']}")
+    if not isinstance(c["intermediate_size"], int) or c["intermediate_size"] <= 0:
+      raise CheckpointError(f"{source}: {tower}.intermediate_size {c['intermediate_size']!r} is not a positive int")
   eos = text.get("eos_token_id", 2)
   if eos not in (2, text["vocab_size"] - 1):  # 2: HF's legacy value, meaning "pool at the argmax id"
     log.warning("%s: text eos_token_id %s is not the largest id; the model pools text at the largest id (argmax), "
@@ -101,9 +100,10 @@ def hf_architecture(config_json: Mapping, source: str) -> CLIPConfig:
       embed_dim=config_json.get("projection_dim", _HF_PROJECTION_DIM), image_size=size, patch_size=patch,
       vision_width=vision["hidden_size"], vision_layers=vision["num_hidden_layers"],
       vision_heads=_heads(vision["hidden_size"], vision["num_attention_heads"], "vision", source),
-      context_length=text["max_position_embeddings"], vocab_size=text["vocab_size"], text_width=text["hidden_size"],
-      text_layers=text["num_hidden_layers"],
-      text_heads=_heads(text["hidden_size"], text["num_attention_heads"], "text", source))
+      vision_mlp_dim=vision["intermediate_size"], context_length=text["max_position_embeddings"],
+      vocab_size=text["vocab_size"], text_width=text["hidden_size"], text_layers=text["num_hidden_layers"],
+      text_heads=_heads(text["hidden_size"], text["num_attention_heads"], "text", source),
+      text_mlp_dim=text["intermediate_size"])
 
 
 def _require(state: Mapping[str, np.ndarray], key: str, ndim: int, source: str) -> tuple[int, ...]:
@@ -121,9 +121,17 @@ def _num_layers(keys: Iterable[str], prefix: str) -> int:
   return max(found) + 1 if found else 0
 
 
+def _mlp_dim(state: Mapping[str, np.ndarray], prefix: str, layers: int, source: str) -> int | None:
+  """MLP hidden width from the first block's ``c_fc`` weight (hidden, width); None (4 x width) for an empty tower."""
+  return _require(state, f"{prefix}0.mlp.c_fc.weight", 2, source)[0] if layers else None
+
+
 def openai_architecture(state: Mapping[str, np.ndarray], source: str, vision_heads: int | None = None,
                         text_heads: int | None = None) -> CLIPConfig:
-  """The native architecture of an OpenAI-layout state dict, from tensor shapes (heads: width // 64 unless given)."""
+  """The native architecture of an OpenAI-layout state dict, from tensor shapes (heads: width // 64 unless given).
+
+  The MLP widths come from each tower's first ``c_fc`` weight; every other block is checked against them later.
+  """
   width, _, patch, patch_w = _require(state, "visual.conv1.weight", 4, source)
   if patch != patch_w:
     raise CheckpointError(f"{source}: 'visual.conv1.weight' has a non-square kernel {patch}x{patch_w}")
@@ -132,15 +140,19 @@ def openai_architecture(state: Mapping[str, np.ndarray], source: str, vision_hea
   text_width, embed_dim = _require(state, "text_projection", 2, source)
   vocab, _ = _require(state, "token_embedding.weight", 2, source)
   context, _ = _require(state, "positional_embedding", 2, source)
+  vision_layers = _num_layers(state, "visual.transformer.resblocks.")
+  text_layers = _num_layers(state, "transformer.resblocks.")
   return CLIPConfig(
       embed_dim=embed_dim, image_size=(grid * patch, grid * patch), patch_size=patch, vision_width=width,
-      vision_layers=_num_layers(state, "visual.transformer.resblocks."),
-      vision_heads=_heads(width, vision_heads, "vision", source), context_length=context, vocab_size=vocab,
-      text_width=text_width, text_layers=_num_layers(state, "transformer.resblocks."),
-      text_heads=_heads(text_width, text_heads, "text", source))
+      vision_layers=vision_layers, vision_heads=_heads(width, vision_heads, "vision", source),
+      vision_mlp_dim=_mlp_dim(state, "visual.transformer.resblocks.", vision_layers, source),
+      context_length=context, vocab_size=vocab, text_width=text_width, text_layers=text_layers,
+      text_heads=_heads(text_width, text_heads, "text", source),
+      text_mlp_dim=_mlp_dim(state, "transformer.resblocks.", text_layers, source))
 
 
-def _block_shapes(prefix: str, width: int, names: Mapping[str, str], openai: bool) -> dict[str, tuple[int, ...]]:
+def _block_shapes(prefix: str, width: int, mlp: int, names: Mapping[str, str],
+                  openai: bool) -> dict[str, tuple[int, ...]]:
   shapes = {}
   for ln in (names["ln_1"], names["ln_2"]):
     shapes[f"{prefix}{ln}.weight"] = shapes[f"{prefix}{ln}.bias"] = (width,)
@@ -151,8 +163,8 @@ def _block_shapes(prefix: str, width: int, names: Mapping[str, str], openai: boo
       shapes[f"{prefix}self_attn.{n}_proj.weight"] = (width, width)
       shapes[f"{prefix}self_attn.{n}_proj.bias"] = (width,)
   shapes[f"{prefix}{names['out']}.weight"], shapes[f"{prefix}{names['out']}.bias"] = (width, width), (width,)
-  shapes[f"{prefix}{names['fc1']}.weight"], shapes[f"{prefix}{names['fc1']}.bias"] = (4 * width, width), (4 * width,)
-  shapes[f"{prefix}{names['fc2']}.weight"], shapes[f"{prefix}{names['fc2']}.bias"] = (width, 4 * width), (width,)
+  shapes[f"{prefix}{names['fc1']}.weight"], shapes[f"{prefix}{names['fc1']}.bias"] = (mlp, width), (mlp,)
+  shapes[f"{prefix}{names['fc2']}.weight"], shapes[f"{prefix}{names['fc2']}.bias"] = (width, mlp), (width,)
   return shapes
 
 
@@ -182,9 +194,10 @@ def expected_shapes(layout: str, c: CLIPConfig) -> dict[str, tuple[int, ...]]:
     blocks = ("vision_model.encoder.layers.", "text_model.encoder.layers.")
   for name, width in norms.items():
     shapes[name + ".weight"] = shapes[name + ".bias"] = (width,)
-  for prefix, width, layers in ((blocks[0], w, c.vision_layers), (blocks[1], t, c.text_layers)):
+  for prefix, width, mlp, layers in ((blocks[0], w, c.vision_mlp_width, c.vision_layers),
+                                     (blocks[1], t, c.text_mlp_width, c.text_layers)):
     for i in range(layers):
-      shapes.update(_block_shapes(f"{prefix}{i}.", width, _OPENAI_BLOCK if openai else _HF_BLOCK, openai))
+      shapes.update(_block_shapes(f"{prefix}{i}.", width, mlp, _OPENAI_BLOCK if openai else _HF_BLOCK, openai))
   return shapes
 
 
@@ -219,9 +232,10 @@ def format_problems(groups: Mapping[str, list[str]], limit: int = 20) -> str:
 
 def architecture_summary(c: CLIPConfig) -> str:
   """A one-line description of a CLIPConfig's architecture, for messages."""
-  return (f"ViT width {c.vision_width} x {c.vision_layers} layers / {c.vision_heads} heads, patch {c.patch_size}, "
-          f"image {c.image_size[0]}x{c.image_size[1]}; text width {c.text_width} x {c.text_layers} layers / "
-          f"{c.text_heads} heads, context {c.context_length}, vocab {c.vocab_size}; embed {c.embed_dim}")
+  return (f"ViT width {c.vision_width} x {c.vision_layers} layers / {c.vision_heads} heads / mlp "
+          f"{c.vision_mlp_width}, patch {c.patch_size}, image {c.image_size[0]}x{c.image_size[1]}; text width "
+          f"{c.text_width} x {c.text_layers} layers / {c.text_heads} heads / mlp {c.text_mlp_width}, context "
+          f"{c.context_length}, vocab {c.vocab_size}; embed {c.embed_dim}")
 
 
 def openai_to_hf(state: Mapping[str, np.ndarray], c: CLIPConfig) -> dict[str, np.ndarray]:
@@ -296,9 +310,10 @@ def hf_to_flax(state: Mapping[str, np.ndarray], c: CLIPConfig) -> dict:
 
 
 def architecture_fields(c: CLIPConfig) -> dict:
-  """The architecture part of a CLIPConfig (no dtype / remat / attention_impl), JSON-ready."""
+  """The architecture part of a CLIPConfig (no dtype / remat / attention_impl), JSON-ready; MLP widths resolved."""
   d = dataclasses.asdict(c)
   for k in ("dtype", "remat", "attention_impl"):
     d.pop(k)
   d["image_size"] = list(d["image_size"])
+  d["vision_mlp_dim"], d["text_mlp_dim"] = c.vision_mlp_width, c.text_mlp_width  # None and 4 x width are one model
   return d

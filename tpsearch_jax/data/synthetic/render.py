@@ -3,7 +3,7 @@
 The figure is drawn on a canvas ``SUPERSAMPLE`` times the output size in body units ``u`` (one eighth of the person's
 height), then downsampled, lit, blurred, noised and JPEG-encoded. A ``Shot`` holds everything that varies between
 images of one identity (camera/background, view, pose, framing, lighting, blur, occlusion); the identity's attributes
-(``synthetic_attributes``) decide what the person wears.
+(``attributes.py``) decide what the person wears.
 """
 
 from __future__ import annotations

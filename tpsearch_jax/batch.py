@@ -1,0 +1,65 @@
+"""The batch contract: key names, shapes and dtypes of train and eval batches, and one fake batch for tests/benchmarks.
+
+Train batch (B rows, H×W images, L = ``config.data.context_length``):
+  images       float32 [B, H, W, 3]  CLIP-normalised RGB
+  caption_ids  int32   [B, L]        SOT … EOT, 0-padded (the masked ids when ``data.caption_uses_mlm_ids``)
+  mlm_ids      int32   [B, L]        caption ids with the chosen positions replaced by the mask token
+  mlm_labels   int32   [B, L]        original id at the masked positions, 0 elsewhere (ignored)
+  pids         int32   [B]           identity label in [0, num_classes)
+  image_ids    int32   [B]           image index of the row (several captions share an image)
+Eval image batch: images, pids, valid bool [B] (False = padding row); eval text batch: caption_ids, pids, valid.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from tpsearch_jax.data import tokenizer
+
+TRAIN_KEYS = ("images", "caption_ids", "mlm_ids", "mlm_labels", "pids", "image_ids")
+EVAL_IMAGE_KEYS = ("images", "pids", "valid")
+EVAL_TEXT_KEYS = ("caption_ids", "pids", "valid")
+MLM_KEYS = ("mlm_ids", "mlm_labels")
+
+
+def train_shapes(config, batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """{key: (shape, dtype)} of a train batch of ``batch_size`` rows under ``config.data``."""
+  h, w = config.data.image_size
+  length = int(config.data.context_length)
+  text = ((batch_size, length), np.dtype(np.int32))
+  rows = ((batch_size,), np.dtype(np.int32))
+  return {"images": ((batch_size, h, w, 3), np.dtype(np.float32)), "caption_ids": text, "mlm_ids": text,
+          "mlm_labels": text, "pids": rows, "image_ids": rows}
+
+
+def check_train_batch(batch: Mapping[str, object], needed: tuple[str, ...] = TRAIN_KEYS) -> None:
+  """Raises KeyError naming the missing keys of a train batch."""
+  missing = [k for k in needed if k not in batch]
+  if missing:
+    raise KeyError(f"train batch has no {missing} (present: {sorted(batch)})")
+
+
+def fake_train_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """A valid train batch of the contract's shapes: normal images, captions of random length, 15 % MLM masking.
+
+  pids are drawn in [0, config.model.num_classes) (1 class when it is not set yet).
+  """
+  rng = np.random.default_rng(seed)
+  shapes = train_shapes(config, batch_size)
+  length = shapes["caption_ids"][0][1]
+  ids = np.zeros((batch_size, length), np.int32)
+  lengths = rng.integers(min(8, length - 1), length, size=batch_size)  # EOT position, ≥ 1
+  for i, n in enumerate(lengths):
+    ids[i, 0] = tokenizer.SOT_ID
+    ids[i, 1:n] = rng.integers(1, tokenizer.MASK_ID, size=n - 1)
+    ids[i, n] = tokenizer.EOT_ID
+  eligible = (ids > 0) & (ids < tokenizer.MASK_ID) & (ids != tokenizer.SOT_ID)
+  chosen = eligible & (rng.random(ids.shape) < 0.15)
+  labels = np.where(chosen, ids, 0).astype(np.int32)
+  num_classes = max(int(config.model.num_classes or 1), 1)
+  return {"images": rng.standard_normal(shapes["images"][0], dtype=np.float32), "caption_ids": ids,
+          "mlm_ids": np.where(chosen, tokenizer.MASK_ID, ids).astype(np.int32), "mlm_labels": labels,
+          "pids": rng.integers(0, num_classes, size=batch_size).astype(np.int32),
+          "image_ids": np.arange(batch_size, dtype=np.int32)}

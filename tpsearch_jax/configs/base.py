@@ -1,0 +1,100 @@
+"""Shared base configuration: the IRRA/FMFA training recipe on CLIP ViT-B/16 at 384×128.
+
+Dataset files (configs/cuhk.py, icfg.py, rstp.py, synthetic.py) call ``get_config(method)`` and set the data fields.
+Every field can be overridden on the command line, e.g. ``--config=configs/cuhk.py:fmfa --config.optim.lr=5e-6``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from tpsearch_jax.models.presets import method_preset
+from tpsearch_jax.training import optim
+
+
+def _clip_vit_b16() -> dict:
+  return dict(embed_dim=512, image_size=(384, 128), patch_size=16, vision_width=768, vision_layers=12,
+              vision_heads=12, context_length=77, vocab_size=49408, text_width=512, text_layers=12, text_heads=8,
+              vision_mlp_dim=config_dict.placeholder(int),  # MLP hidden widths; None = 4 x width
+              text_mlp_dim=config_dict.placeholder(int))
+
+
+def get_config(method: str = "irra") -> ml_collections.ConfigDict:
+  """Base config for ``method`` (a name of ``tpsearch_jax.models.presets.METHODS``); model and loss from its preset."""
+  c = ml_collections.ConfigDict()
+  c.seed = 1
+
+  image_size = config_dict.FieldReference((384, 128), field_type=tuple)
+  c.model = ml_collections.ConfigDict(dict(
+      name=method,
+      clip=_clip_vit_b16(),
+      dtype="auto",  # "auto": bfloat16 on GPU/TPU, float32 on CPU; or "float32" | "bfloat16". Params stay f32
+      remat=False,
+      attention_impl=config_dict.placeholder(str),  # None = XLA; "cudnn"
+      num_classes=config_dict.placeholder(int),  # None: number of train identities, from the annotation
+  ))
+  c.model.clip.image_size = image_size
+  c.loss = ml_collections.ConfigDict()
+  preset = method_preset(method)  # raises on an unknown method
+  c.model.update(preset.get("model", {}))
+  c.loss.update(preset.get("loss", {}))
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="",  # cuhk_pedes | icfg_pedes | rstp_reid | synthetic_pedes
+      root="",  # dataset folder holding imgs/ and the annotation JSON
+      context_length=77,
+      caption_uses_mlm_ids=True,  # reference quirk: every loss sees the masked caption (methods.md §5.1)
+      augment=True,
+      random_erasing=0.5,
+      color_jitter=False,
+      identity_sampler=False,
+      num_instances=4,
+      verify_images=True,  # pre-scan every image before the pipeline starts (a bad file is named up front)
+      skip_corrupt=False,  # drop examples whose image is missing or does not decode (counted and logged)
+      skip_missing=False,  # drop annotation records whose image file is missing (counted and logged)
+      use_tfds=False,  # read the images from the TFDS records (python -m tpsearch_jax.data.tfds_builders)
+      tfds_data_dir=config_dict.placeholder(str),  # where they were prepared; None = TFDS's default data dir
+      num_parallel_calls=-1,  # tf.data.AUTOTUNE
+      num_threads=0,  # > 0: a private tf.data thread pool of this size; 0 = TF's shared pool
+      synthetic=dict(num_ids=0, images_per_id=0),
+  ))
+  c.data.image_size = image_size
+
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adam", lr=1e-5, b1=0.9, b2=0.999, eps=1e-3,
+      weight_decay=4e-5,  # L2 added to the gradient (PyTorch Adam weight_decay), not AdamW
+      weight_decay_bias=0.0, lr_factor=5.0, bias_lr_factor=2.0,
+      # (regex on the "/"-joined param path, lr multiplier, weight decay), first match wins; numbers or optim field
+      # names; () = one group with lr and wd on everything (FMFA HEAD). See tpsearch_jax.training.optim.
+      param_groups=optim.REFERENCE_GROUPS,
+      grad_clip_norm=0.0,  # 0 = off (the reference does not clip)
+  ))
+  c.schedule = ml_collections.ConfigDict(dict(
+      name="cosine", num_epochs=60, warmup_epochs=5, warmup_factor=0.1,
+      per_step=False,  # False: the factor changes once per epoch (reference); True: every step
+  ))
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=64,  # global, over all devices and hosts
+      num_steps=-1,  # > 0: stop after this many steps (the schedule still spans schedule.num_epochs)
+      log_every_steps=50,
+      checkpoint_every_steps=0,  # 0: at the end of every epoch
+      keep_checkpoints=3,
+      async_checkpointing=True,
+      prefetch=2,
+      fsdp=False,  # shard params and optimizer state along "data" (largest divisible dim)
+      fsdp_min_size=2 ** 14,
+      profile=False,  # CLU profiler trace of a few steps into the workdir
+  ))
+  c.eval = ml_collections.ConfigDict(dict(
+      select_on=config_dict.FieldReference("val", field_type=str),  # "val" | "test" (reproduction only) | "none"
+      splits=("val", "test"),  # evaluated at the end with the selected checkpoint
+      batch_size=512,  # global
+      every_epochs=1,
+      block_size=1024,  # query block of the on-device metric computation
+      checkpoint="auto",  # --mode=eval: "auto" (best, else last, else init.clip) | "best" | "last" | a step folder
+  ))
+  c.init = ml_collections.ConfigDict(dict(
+      clip=config_dict.placeholder(str),  # HF CLIP folder or OpenAI-layout .npz; None = random init
+  ))
+  return c

@@ -1,0 +1,97 @@
+"""Eval pipeline: padded gallery image batches (tf.data) and query caption batches (numpy), split over processes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tpsearch_jax.data import tokenizer
+from tpsearch_jax.data.pipeline import checks, image_ops, options, sources
+
+
+class Batches:
+  """A re-iterable sequence of numpy eval batches with their counts (``num_examples`` excludes padding)."""
+
+  def __init__(self, make: Callable[[], Iterator[dict[str, np.ndarray]]], num_batches: int, num_examples: int,
+               batch_size: int):
+    self._make = make
+    self.num_batches = num_batches
+    self.num_examples = num_examples
+    self.batch_size = batch_size  # per process
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self._make()
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+
+def _local_rows(total: int, batch_size: int, process_index: int, process_count: int) -> tuple[np.ndarray, int]:
+  """-> (int64 [num_batches * local] row index or -1 for padding, num_batches) for this process's slices."""
+  if batch_size <= 0 or batch_size % process_count or not 0 <= process_index < process_count:
+    raise ValueError(f"eval batch {batch_size} / process {process_index} of {process_count} is invalid")
+  local = batch_size // process_count
+  num_batches = max(1, -(-total // batch_size))
+  rows = np.full(num_batches * batch_size, -1, np.int64)
+  rows[:total] = np.arange(total)
+  rows = rows.reshape(num_batches, batch_size)[:, process_index * local:(process_index + 1) * local]
+  return rows.reshape(-1), num_batches
+
+
+def eval_datasets(split: Any, config_data: Any, batch_size: int, *, process_index: int = 0,
+                  process_count: int = 1) -> tuple[Batches, Batches]:
+  """Eval split -> (image batches, text batches); batch_size is global, each process gets its rows of every batch.
+
+  Image batch: images float32 [b, H, W, 3], pids int32 [b], valid bool [b]. Text batch: caption_ids int32 [b, L],
+  pids int32 [b], valid bool [b]; b = batch_size // process_count. Padding rows (valid False, pid -1, zeros) fill
+  the last global batch, so every example appears exactly once over all processes. ``split`` has name,
+  image_paths [G], image_pids [G], captions [Q], caption_pids [Q] (``annotations.EvalSplit``).
+  """
+  name = str(getattr(split, "name", "") or "")
+  options.require_fields(config_data, options.IMAGE_FIELDS, f"eval pipeline {name}".strip())
+  options.init_tf()
+  image_size = tuple(int(v) for v in config_data.image_size)
+  ops = image_ops.ImageOps(image_size)
+  source = sources.image_source(config_data, name)
+  keys = [source.key(p) for p in split.image_paths]
+  image_pids = np.asarray(split.image_pids, np.int32)
+  keep = checks.screen(keys, config_data, f"eval split {name} ({source.where})", source.check)
+  keys, image_pids = [p for p, k in zip(keys, keep) if k], image_pids[keep]
+  caption_ids = tokenizer.tokenize(list(split.captions), int(config_data.context_length))
+  caption_pids = np.asarray(split.caption_pids, np.int32)
+  local = batch_size // process_count
+
+  image_rows, image_batches = _local_rows(len(keys), batch_size, process_index, process_count)
+  key_t = tf.constant(np.array(keys + [""], object).astype(str))
+  pid_t = tf.constant(np.append(image_pids, -1))
+
+  def load(row):
+    valid = row >= 0
+    row = tf.where(valid, row, len(keys))  # the appended padding entry
+    image = tf.cond(valid, lambda: ops.eval(source.read(tf.gather(key_t, row))),
+                    lambda: tf.zeros([*image_size, 3], tf.float32))
+    return {"images": image, "pids": tf.gather(pid_t, row), "valid": valid}
+
+  image_ds = (tf.data.Dataset.from_tensor_slices(image_rows)
+              .map(load, num_parallel_calls=options.parallel_calls(config_data))
+              .batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+              .with_options(options.dataset_options(config_data)))
+  key_of = np.array(keys + [""], object)
+
+  def images() -> Iterator[dict[str, np.ndarray]]:
+    batch_keys = lambda k: [p for p in key_of[image_rows[k * local:(k + 1) * local]] if p]  # noqa: E731
+    return checks.BatchIterator(image_ds.as_numpy_iterator(), batch_keys, source.problem)
+
+  text_rows, text_batches = _local_rows(len(caption_ids), batch_size, process_index, process_count)
+
+  def texts() -> Iterator[dict[str, np.ndarray]]:
+    for k in range(text_batches):
+      rows = text_rows[k * local:(k + 1) * local]
+      valid = rows >= 0
+      yield {"caption_ids": np.where(valid[:, None], caption_ids[rows], 0).astype(np.int32),
+             "pids": np.where(valid, caption_pids[rows], -1).astype(np.int32), "valid": valid}
+
+  return (Batches(images, image_batches, len(keys), local), Batches(texts, text_batches, len(caption_ids), local))

@@ -1,0 +1,119 @@
+"""The pre-LN transformer block shared by the CLIP towers, the cross-former and the part model.
+
+Sub-module names follow OpenAI's CLIP checkpoint (``ln_1``, ``attn``, ``ln_2``, ``mlp.c_fc``, ``mlp.c_proj``, a stack
+of ``resblocks_{i}``), so the weight import is a single table and every module built from these blocks shares it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+LN_EPS = 1e-5  # PyTorch's default; Flax's 1e-6 would drift from the checkpoint.
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+  """x·σ(1.702x), CLIP's activation. Any shape."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+def attention_fn(impl: str | None):
+  """An ``attention_fn`` for ``nn.MultiHeadDotProductAttention`` backed by ``jax.nn.dot_product_attention``.
+
+  q [B, L, H, d], k/v [B, S, H, d], mask broadcastable to [B, H, L, S] (True = attend) → [B, L, H, d].
+  ``impl``: None (XLA) or "cudnn".
+  """
+
+  def attend(query, key, value, bias=None, mask=None, dtype=None, precision=None, **unused):
+    del bias, precision, unused
+    if mask is not None:
+      mask = mask.astype(jnp.bool_)
+    dtype = dtype or query.dtype
+    return jax.nn.dot_product_attention(
+        query.astype(dtype), key.astype(dtype), value.astype(dtype), mask=mask, implementation=impl)
+
+  return attend
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockInit:
+  """Normal(0, std) kernel inits for a residual block; blocks built without one keep Flax's defaults.
+
+  attn: q/k/v kernels; attn_out: attention output kernel; fc: MLP c_fc; proj: MLP c_proj. Biases stay zero.
+  """
+
+  attn: float
+  attn_out: float
+  fc: float
+  proj: float
+
+
+def kernel_init(std: float | None) -> dict:
+  """Keyword arguments selecting a Normal(0, std) kernel init, or none (the layer's default) when std is None."""
+  return {} if std is None else {"kernel_init": nn.initializers.normal(std)}
+
+
+class MLP(nn.Module):
+  """c_fc → QuickGELU → c_proj. [..., D] → [..., D]; hidden width ``hidden`` (None: 4·D)."""
+
+  width: int
+  dtype: Any = jnp.float32
+  block_init: BlockInit | None = None
+  hidden: int | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    i = self.block_init
+    hidden = 4 * self.width if self.hidden is None else self.hidden
+    x = nn.Dense(hidden, dtype=self.dtype, name="c_fc", **kernel_init(i and i.fc))(x)
+    x = quick_gelu(x)
+    return nn.Dense(self.width, dtype=self.dtype, name="c_proj", **kernel_init(i and i.proj))(x)
+
+
+class ResidualAttentionBlock(nn.Module):
+  """Pre-LN transformer block: x + attn(ln_1(x)); x + mlp(ln_2(x)). [B, L, D] → [B, L, D]."""
+
+  width: int
+  heads: int
+  dtype: Any = jnp.float32
+  attention_impl: str | None = None
+  block_init: BlockInit | None = None
+  mlp_dim: int | None = None  # MLP hidden width; None: 4·width
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    i = self.block_init
+    inits = {} if i is None else {"kernel_init": nn.initializers.normal(i.attn),
+                                  "out_kernel_init": nn.initializers.normal(i.attn_out)}
+    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_1")(x)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.heads, dtype=self.dtype, attention_fn=attention_fn(self.attention_impl),
+        name="attn", **inits)(y, y, mask=mask)
+    x = x + y
+    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_2")(x)
+    return x + MLP(self.width, dtype=self.dtype, block_init=i, hidden=self.mlp_dim, name="mlp")(y)
+
+
+class Transformer(nn.Module):
+  """A stack of ``ResidualAttentionBlock`` named ``resblocks_{i}``. [B, L, D] → [B, L, D]."""
+
+  width: int
+  layers: int
+  heads: int
+  dtype: Any = jnp.float32
+  remat: bool = False
+  attention_impl: str | None = None
+  block_init: BlockInit | None = None
+  mlp_dim: int | None = None  # MLP hidden width; None: 4·width
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    block_cls = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
+    for i in range(self.layers):
+      x = block_cls(self.width, self.heads, self.dtype, self.attention_impl, block_init=self.block_init,
+                    mlp_dim=self.mlp_dim, name=f"resblocks_{i}")(x, mask)
+    return x

@@ -1,0 +1,59 @@
+"""Validation and resolution of a run config before anything is built (no TensorFlow, no device work)."""
+
+from __future__ import annotations
+
+import ml_collections
+from absl import logging
+
+from tpsearch_jax import sharding as shd
+from tpsearch_jax.models import resolve_dtype
+
+SELECT_CHOICES = ("val", "test", "none")
+
+
+def resolve_config(config: ml_collections.ConfigDict, num_classes: int | None = None) -> ml_collections.ConfigDict:
+  """Copy of ``config`` with "auto" dtype resolved and ``model.num_classes`` filled from the data; validates."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.model.dtype = resolve_dtype(c.model.dtype)
+    if num_classes is not None:
+      if c.model.num_classes is None:
+        c.model.num_classes = int(num_classes)
+      elif c.model.num_classes != num_classes:
+        raise ValueError(f"config.model.num_classes={c.model.num_classes} but the training split has {num_classes} "
+                         "identities; leave it unset to use the data's count")
+  h, w = c.data.image_size
+  p = c.model.clip.patch_size
+  if h % p or w % p:
+    raise ValueError(f"config.data.image_size={tuple(c.data.image_size)} is not divisible by the patch size {p} "
+                     "(config.model.clip.patch_size)")
+  if tuple(c.model.clip.image_size) != tuple(c.data.image_size):
+    raise ValueError(f"config.model.clip.image_size={tuple(c.model.clip.image_size)} differs from "
+                     f"config.data.image_size={tuple(c.data.image_size)}")
+  if c.data.context_length != c.model.clip.context_length:
+    raise ValueError(f"config.data.context_length={c.data.context_length} differs from "
+                     f"config.model.clip.context_length={c.model.clip.context_length}")
+  select = c.eval.select_on
+  if select is None:
+    raise ValueError(f"config.eval.select_on is not set. {c.data.name or 'This dataset'} needs an explicit choice: "
+                     "--config.eval.select_on=none (report the last checkpoint) or --config.eval.select_on=test "
+                     "(reproduction of the published protocol: selects the checkpoint on the TEST set)")
+  if select not in SELECT_CHOICES:
+    raise ValueError(f"config.eval.select_on={select!r}: expected one of {SELECT_CHOICES}")
+  return c
+
+
+def warn_if_test_selection(config) -> None:
+  """Loud log when the checkpoint is selected on the test split."""
+  if config.eval.select_on == "test":
+    msg = ("config.eval.select_on='test': the checkpoint is SELECTED ON THE TEST SET (the IRRA/FMFA reproduction "
+           "protocol). Test numbers from this run are optimistic and not a held-out estimate.")
+    logging.warning("=" * 100)
+    logging.warning(msg)
+    logging.warning("=" * 100)
+
+
+def check_parallelism(config, mesh) -> None:
+  """Batch sizes must split evenly over the devices and processes (raised before anything compiles)."""
+  shd.check_batch_size(int(config.train.batch_size), mesh, "config.train.batch_size")
+  shd.check_batch_size(int(config.eval.batch_size), mesh, "config.eval.batch_size")

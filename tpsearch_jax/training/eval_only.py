@@ -1,0 +1,39 @@
+"""``--mode=eval``: evaluate a checkpoint of a work directory (or imported CLIP weights) on ``config.eval.splits``."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from tpsearch_jax import evaluate as eval_lib
+from tpsearch_jax.training import checkpointing as ckpt_lib
+from tpsearch_jax.training import runs
+from tpsearch_jax.training.setup import build_setup, initial_state
+
+
+def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluates ``config.eval.checkpoint`` of ``workdir`` (or imported ``config.init.clip``) on ``config.eval.splits``.
+
+  "auto": the best checkpoint, else the newest of ``checkpoints/``, else ``config.init.clip``; "best"/"last" force
+  one; any other value is a checkpoint step folder (``.../checkpoints/<step>`` or ``.../best/<step>``).
+  """
+  workdir = ckpt_lib.resolve_dir(workdir)
+  s = build_setup(config, workdir, train=False, config_file="eval_config.json")
+  config = s.config
+  which = config.eval.checkpoint
+  try:
+    found = runs.restore_params(s.abstract, workdir, which)
+  except ValueError as e:
+    raise ValueError(f"config.eval.checkpoint: {e}") from None
+  if found is not None:
+    params, source, step = found
+  else:
+    if which != "auto":
+      raise FileNotFoundError(f"no {which} checkpoint in {workdir}")
+    if not config.init.clip:
+      raise FileNotFoundError(f"nothing to evaluate: no checkpoint in {workdir}/{ckpt_lib.BEST} or "
+                              f"{workdir}/{ckpt_lib.LAST} and no --config.init.clip=PATH")
+    params, source, step = initial_state(s).params, f"init.clip={config.init.clip}", 0
+  rows = s.evaluate(params, config.eval.splits, step, source)
+  payload = eval_lib.results_payload(config, rows)
+  eval_lib.report(workdir, payload)
+  return payload

@@ -1,0 +1,227 @@
+"""Optimizer and learning-rate schedule of the IRRA/FMFA recipe (methods.md §4), in optax.
+
+The reference uses ``torch.optim.Adam(weight_decay=wd)``: the decay is an L2 term *added to the gradient before the
+Adam moments* (not AdamW's decoupled decay), so it is reproduced here as ``g + wd·p`` ahead of ``scale_by_adam``.
+
+Parameter groups are rules in the config, ``config.optim.param_groups``: a sequence of ``(regex, lr_mult, wd)``
+matched with ``re.search`` against the parameter path joined by "/" (e.g. ``clip/visual/proj``, ``classifier/bias``);
+the first rule that matches decides the parameter's lr multiplier and weight decay, an unmatched parameter gets lr × 1
+and ``optim.weight_decay``. ``lr_mult`` / ``wd`` are numbers or names of ``config.optim`` fields (``"lr_factor"``,
+``"weight_decay_bias"`` …), so the rules follow a command-line change of those fields. An empty sequence is one
+group. ``REFERENCE_GROUPS`` reproduces IRRA's ``build_optimizer`` as implemented here so far:
+
+  1. every parameter: lr × 1, wd = ``optim.weight_decay``;
+  2. outside ``params["clip"]`` (new modules): lr × ``optim.lr_factor``;
+  3. path contains "bias": lr × ``optim.bias_lr_factor``, wd = ``optim.weight_decay_bias`` (overrides 2);
+  4. path contains "classifier" or "mlm_head": lr × ``optim.lr_factor``, wd unchanged (so their biases: ×5, wd 0).
+
+The schedule multiplies the base lr by a factor of the epoch e: linear warm-up from ``warmup_factor`` over
+``warmup_epochs`` epochs, then a half cosine that reaches 0 at ``num_epochs`` (never at the last epoch). The reference
+sets it once per epoch (``schedule.per_step=False``); ``per_step=True`` uses the fractional epoch step/steps_per_epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+__all__ = ["REFERENCE_GROUPS", "create_optimizer", "group_rules", "group_table", "lr_factor", "make_schedule",
+           "param_group", "param_groups", "param_labels", "path_name"]
+
+PyTree = Any
+Rule = tuple[str, Any, Any]
+
+REFERENCE_GROUPS: tuple[Rule, ...] = (
+    (r"(classifier|mlm_head).*bias", "lr_factor", "weight_decay_bias"),
+    (r"classifier|mlm_head", "lr_factor", "weight_decay"),
+    (r"bias", "bias_lr_factor", "weight_decay_bias"),
+    (r"^(?!clip/)", "lr_factor", "weight_decay"),
+)
+
+
+def _path_names(path) -> tuple[str, ...]:
+  names = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        names.append(str(getattr(k, attr)))
+        break
+    else:
+      names.append(str(k))
+  return tuple(names)
+
+
+def path_name(path) -> str:
+  """A tree path (jax key path) → "clip/visual/proj"."""
+  return "/".join(_path_names(path))
+
+
+def _value(v, optim_config, where: str) -> float:
+  if isinstance(v, str):
+    if v not in optim_config:
+      raise ValueError(f"{where}: {v!r} is neither a number nor a config.optim field")
+    return float(optim_config[v])
+  return float(v)
+
+
+def group_rules(optim_config) -> tuple[tuple[re.Pattern, float, float, str], ...]:
+  """``config.optim.param_groups`` → ((compiled regex, lr multiplier, weight decay, regex text), ...).
+
+  Accepts the legacy booleans of older run configs: True = ``REFERENCE_GROUPS``, False = one group.
+  """
+  rules = optim_config.param_groups
+  if rules is True:
+    rules = REFERENCE_GROUPS
+  elif rules is False or rules is None:
+    rules = ()
+  out = []
+  for i, rule in enumerate(rules):
+    where = f"config.optim.param_groups[{i}]"
+    if len(rule) != 3:
+      raise ValueError(f"{where}={rule!r}: expected (regex, lr_mult, weight_decay)")
+    pattern, lr, wd = rule
+    try:
+      compiled = re.compile(pattern)
+    except re.error as e:
+      raise ValueError(f"{where}: invalid regex {pattern!r}: {e}") from e
+    out.append((compiled, _value(lr, optim_config, where), _value(wd, optim_config, where), pattern))
+  return tuple(out)
+
+
+def _match(name: str, rules, optim_config) -> tuple[int, float, float]:
+  for i, (pattern, lr, wd, _) in enumerate(rules):
+    if pattern.search(name):
+      return i, lr, wd
+  return -1, 1.0, float(optim_config.weight_decay)
+
+
+def param_group(names: tuple[str, ...], optim_config) -> tuple[float, float]:
+  """(lr multiplier, weight decay) of the parameter at path ``names`` (e.g. ("clip", "visual", "proj"))."""
+  _, lr, wd = _match("/".join(names), group_rules(optim_config), optim_config)
+  return lr, wd
+
+
+def group_table(params: PyTree, optim_config) -> str:
+  """A text table: each rule with its lr multiplier, weight decay and how many tensors / parameters it caught."""
+  rules = group_rules(optim_config)
+  counts = np.zeros((len(rules) + 1, 2), np.int64)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    i, _, _ = _match(path_name(path), rules, optim_config)
+    counts[i] += (1, int(np.prod(leaf.shape)))
+  rows = [(f"{r[3]}", r[1], r[2], *counts[i]) for i, r in enumerate(rules)]
+  rows.append(("(no rule: default)", 1.0, float(optim_config.weight_decay), *counts[-1]))
+  width = max(len(r[0]) for r in rows)
+  lines = [f"{'rule':<{width}}  {'lr×':>6} {'wd':>9} {'tensors':>8} {'params':>12}"]
+  lines += [f"{n:<{width}}  {lr:6g} {wd:9.3g} {t:8d} {p:12,d}" for n, lr, wd, t, p in rows]
+  return "\n".join(lines)
+
+
+def param_groups(params: PyTree, optim_config) -> PyTree:
+  """Tree like ``params`` whose leaves are (lr multiplier, weight decay) tuples."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: param_group(_path_names(p), optim_config), params)
+
+
+def param_labels(params: PyTree, optim_config) -> PyTree:
+  """Tree like ``params`` whose leaves are readable group labels, e.g. "lr×5 wd4e-05"."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: "lr×{:g} wd{:g}".format(*param_group(_path_names(p), optim_config)), params)
+
+
+def lr_factor(t, num_epochs: int, warmup_epochs: int, warmup_factor: float, name: str = "cosine", per_epoch: int = 1):
+  """Schedule factor at epoch t/per_epoch (t scalar or array, int or float) → same shape, float32.
+
+  The cosine is evaluated as sin²(π/2·(E − e)/(E − w)) = ½(1 + cos(π(e − w)/(E − w))), with E − e formed from the
+  integer t, so the small values of the last epochs keep full float32 relative precision.
+  """
+  t = jnp.clip(jnp.asarray(t, jnp.float32), 0.0, float(num_epochs * per_epoch))
+  e = t / per_epoch
+  if warmup_epochs > 0:
+    alpha = e / warmup_epochs
+    warm = warmup_factor * (1.0 - alpha) + alpha
+  else:
+    warm = jnp.ones_like(e)
+  if name == "cosine":
+    span = max(num_epochs - warmup_epochs, 1)
+    remaining = (float(num_epochs * per_epoch) - t) / per_epoch
+    after = jnp.sin(0.5 * math.pi * remaining / span) ** 2
+  elif name == "constant":
+    after = jnp.ones_like(e)
+  else:
+    raise ValueError(f"config.schedule.name={name!r}: expected 'cosine' or 'constant'")
+  return jnp.where(e < warmup_epochs, warm, after)
+
+
+def make_schedule(config, steps_per_epoch: int) -> Callable[[Any], jax.Array]:
+  """Learning rate as a function of the optimizer step (int scalar) → float32 scalar (base group, lr × 1)."""
+  if steps_per_epoch <= 0:
+    raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
+  s, base = config.schedule, float(config.optim.lr)
+  if s.name not in ("cosine", "constant"):
+    raise ValueError(f"config.schedule.name={s.name!r}: expected 'cosine' or 'constant'")
+  args = (int(s.num_epochs), int(s.warmup_epochs), float(s.warmup_factor), s.name)
+
+  def schedule(step):
+    step = jnp.asarray(step)
+    if s.per_step:
+      return base * lr_factor(step, *args, per_epoch=steps_per_epoch)
+    return base * lr_factor(step // steps_per_epoch, *args)
+
+  return schedule
+
+
+def _add_l2_by_group(optim_config) -> optax.GradientTransformation:
+  """g ← g + wd(path)·p, the PyTorch-Adam ``weight_decay`` (L2 in the gradient)."""
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("the L2 weight-decay step needs params: call tx.update(grads, state, params)")
+
+    rules = group_rules(optim_config)
+
+    def add(path, g, p):
+      wd = _match(path_name(path), rules, optim_config)[2]
+      return g + wd * p if wd else g
+
+    return jax.tree_util.tree_map_with_path(add, updates, params), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def _scale_by_group_lr(optim_config) -> optax.GradientTransformation:
+  """u ← u · lr_mult(path)."""
+
+  def update_fn(updates, state, params=None):
+    del params
+
+    rules = group_rules(optim_config)
+
+    def scale(path, u):
+      m = _match(path_name(path), rules, optim_config)[1]
+      return u * m if m != 1.0 else u
+
+    return jax.tree_util.tree_map_with_path(scale, updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def create_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Adam(b1, b2, eps) with L2 decay, per-group lr multipliers and the epoch schedule, from ``config.optim``."""
+  o = config.optim
+  if o.name != "adam":
+    raise ValueError(f"config.optim.name={o.name!r}: only 'adam' (the reference optimizer) is implemented")
+  parts = []
+  if o.grad_clip_norm and o.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(float(o.grad_clip_norm)))
+  parts += [
+      _add_l2_by_group(o),
+      optax.scale_by_adam(b1=float(o.b1), b2=float(o.b2), eps=float(o.eps)),
+      _scale_by_group_lr(o),
+      optax.scale_by_learning_rate(make_schedule(config, steps_per_epoch)),
+  ]
+  return optax.chain(*parts)

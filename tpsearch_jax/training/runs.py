@@ -1,0 +1,88 @@
+"""One way to load a trained run: config + model + params from a work directory (best / last / a step folder).
+
+Used by ``--mode=eval``, the search CLI and the notebooks. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from tpsearch_jax import sharding as shd
+from tpsearch_jax.models import build_model
+from tpsearch_jax.training import checkpointing as ckpt_lib
+from tpsearch_jax.training import state as state_lib
+
+CONFIG_FILE = "config.json"
+
+
+@dataclasses.dataclass
+class Run:
+  """A loaded run: its config, model, mesh, params (on the mesh), the checkpoint folder and step they came from."""
+
+  config: ml_collections.ConfigDict
+  model: Any
+  mesh: Any
+  params: Any
+  checkpoint: str
+  step: int
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json (written by the trainer) → ConfigDict."""
+  path = os.path.join(ckpt_lib.resolve_dir(workdir), CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: --workdir must be a training run folder")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def parse_choice(workdir: str, choice: str) -> tuple[str, str, int | None]:
+  """"auto" | "best" | "last" | ".../checkpoints/<step>" | ".../best/<step>" → (workdir, choice or sub-folder, step)."""
+  if choice in ckpt_lib.CHOICES:
+    return ckpt_lib.resolve_dir(workdir), choice, None
+  folder = os.path.abspath(choice)
+  sub, step_name = os.path.basename(os.path.dirname(folder)), os.path.basename(folder)
+  if sub not in (ckpt_lib.LAST, ckpt_lib.BEST) or not step_name.isdigit():
+    raise ValueError(f"checkpoint {choice!r}: expected auto|best|last or a folder <workdir>/checkpoints/<step> or "
+                     "<workdir>/best/<step>")
+  return os.path.dirname(os.path.dirname(folder)), sub, int(step_name)
+
+
+def restore_params(abstract, workdir: str, choice: str = "auto") -> tuple[Any, str, int] | None:
+  """(params, checkpoint folder, step) of ``choice`` in ``workdir``, or None when a choice finds no checkpoint."""
+  root, which, step = parse_choice(workdir, choice)
+  checkpointer = ckpt_lib.Checkpointer(root, async_save=False)
+  try:
+    if step is None:
+      found = checkpointer.restore_choice(abstract, which)
+      if found is None:
+        return None
+      state, meta, folder = found
+      return state.params, folder, int(meta.get("step", os.path.basename(folder)))
+    state, _ = checkpointer.restore(abstract, step, which)
+    return state.params, checkpointer.directory(which, step), step
+  finally:
+    checkpointer.close()
+
+
+def load_run(workdir: str, checkpoint: str = "auto", *, config: ml_collections.ConfigDict | None = None,
+             mesh=None) -> Run:
+  """Loads ``checkpoint`` of ``workdir`` with ``config`` (default: the run's own config.json) on ``mesh``
+  (default: all devices). Raises FileNotFoundError naming what was looked for."""
+  config = read_config(workdir) if config is None else config
+  mesh = shd.create_mesh() if mesh is None else mesh
+  model = build_model(config)
+  abstract, _, _ = state_lib.abstract_train_state(config, model, mesh)
+  found = restore_params(abstract, workdir, checkpoint)
+  if found is None:
+    looked = ", ".join(ckpt_lib.CHOICES.get(checkpoint, (checkpoint,)))
+    raise FileNotFoundError(f"no {checkpoint} checkpoint in {ckpt_lib.resolve_dir(workdir)} (looked in {looked})")
+  params, folder, step = found
+  logging.info("Loaded %s (step %d)", folder, step)
+  return Run(config, model, mesh, params, folder, step)

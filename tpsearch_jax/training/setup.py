@@ -1,0 +1,100 @@
+"""What training and eval-only runs share: validated config, annotations, mesh, model, abstract state, eval data."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+from etils import epath
+
+from tpsearch_jax import evaluate as eval_lib
+from tpsearch_jax import sharding as shd
+from tpsearch_jax.data import datasets, input_pipeline
+from tpsearch_jax.checkpoints import load_clip_params
+from tpsearch_jax.models import build_model, model_options
+from tpsearch_jax.training import optim
+from tpsearch_jax.training import state as state_lib
+from tpsearch_jax.training.config_checks import check_parallelism, resolve_config, warn_if_test_selection
+
+
+@dataclasses.dataclass
+class Setup:
+  config: ml_collections.ConfigDict
+  ann: Any
+  mesh: Any
+  model: Any
+  steps_per_epoch: int
+  abstract: Any
+  tx: Any
+  shardings: Any
+  train_data: Any = None  # input_pipeline.TrainPipeline (training runs only)
+  _eval_data: dict = dataclasses.field(default_factory=dict)  # split → (image batches, text batches), re-iterable
+  _evaluator: Any = None
+
+  @property
+  def evaluator(self) -> eval_lib.Evaluator:
+    """One Evaluator (its jitted encoders compile once) for every evaluation of the run."""
+    if self._evaluator is None:
+      self._evaluator = eval_lib.Evaluator(self.model, self.mesh, self.shardings.params,
+                                           block_size=int(self.config.eval.block_size))
+    return self._evaluator
+
+  def eval_batches(self, split: str):
+    """(image batches, text batches) of ``split`` for this process (padded, with "valid" masks); built once."""
+    if split not in self._eval_data:
+      self._eval_data[split] = input_pipeline.eval_datasets(
+          self.ann.split(split), self.config.data, int(self.config.eval.batch_size),
+          process_index=jax.process_index(), process_count=jax.process_count())
+    return self._eval_data[split]
+
+  def evaluate(self, params, splits, step: int, checkpoint: str, epoch: int | None = None) -> dict[str, dict]:
+    """{split: metrics row} of ``params`` on ``splits``."""
+    return eval_lib.evaluate_splits(self.evaluator, params, self.eval_batches, splits, step, checkpoint, epoch)
+
+
+def build_setup(config, workdir: str, *, train: bool, config_file: str = "config.json") -> Setup:
+  """Validates ``config``, reads the data (and, for training, screens it and sizes the epoch), builds the model and
+  the abstract state, and writes the resolved config to ``workdir/config_file``."""
+  resolve_config(config)  # cheap validation before touching the data
+  ann = datasets.load_annotations(config)
+  config = resolve_config(config, ann.num_classes)
+  warn_if_test_selection(config)
+  if config.eval.select_on == "val" and not ann.spec.has_val:
+    raise ValueError(f"{ann.spec.display_name} has no val split: set --config.eval.select_on=none or =test")
+  mesh = shd.create_mesh()
+  check_parallelism(config, mesh)
+  logging.info("Mesh %s over %d devices (%d processes); backend %s; compute dtype %s", dict(mesh.shape),
+               mesh.size, jax.process_count(), jax.default_backend(), config.model.dtype)
+  model = build_model(config)
+  train_data, steps_per_epoch = None, 1
+  if train:
+    train_data = input_pipeline.TrainPipeline(
+        ann.train, config.data, int(config.train.batch_size), int(config.seed),
+        process_index=jax.process_index(), process_count=jax.process_count())
+    steps_per_epoch = train_data.steps_per_epoch
+  abstract, tx, shardings = state_lib.abstract_train_state(config, model, mesh, steps_per_epoch=steps_per_epoch)
+  if train:
+    logging.info("Parameter groups (config.optim.param_groups):\n%s", optim.group_table(abstract.params, config.optim))
+  if jax.process_index() == 0:
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    (epath.Path(workdir) / config_file).write_text(config.to_json_best_effort(indent=2))
+  return Setup(config, ann, mesh, model, steps_per_epoch, abstract, tx, shardings, train_data)
+
+
+def pretrained_clip_params(config):
+  """``config.init.clip`` → numpy ``params["clip"]`` tree for the run's CLIP architecture, or None."""
+  if not config.init.clip:
+    return None
+  logging.info("Initialising params['clip'] from %s", config.init.clip)
+  return load_clip_params(config.init.clip, model_options(config)[0])
+
+
+def initial_state(s: Setup):
+  """A freshly initialised TrainState (with ``config.init.clip`` weights when set)."""
+  state, _, _ = state_lib.create_train_state(s.config, s.model, s.mesh, jax.random.PRNGKey(int(s.config.seed)),
+                                             steps_per_epoch=s.steps_per_epoch,
+                                             clip_params=pretrained_clip_params(s.config))
+  return state

@@ -1,0 +1,212 @@
+"""The training loop: epochs, CLU writers, preemption, the evaluation schedule, checkpoint selection, results.json.
+
+``train_and_evaluate(config, workdir)`` trains with periodic evaluation on ``config.eval.select_on``, keeps the last
+N checkpoints and the best one, resumes from ``workdir`` automatically, and ends with an evaluation of the selected
+checkpoint written to ``workdir/results.json``. The state, step and optimizer come from the TF-free library
+(``training.state``, ``training.optim``); the data from ``data.input_pipeline``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
+
+from tpsearch_jax import evaluate as eval_lib
+from tpsearch_jax import sharding as shd
+from tpsearch_jax.training import checkpointing as ckpt_lib
+from tpsearch_jax.training import optim
+from tpsearch_jax.training import state as state_lib
+from tpsearch_jax.training.progress import Progress
+from tpsearch_jax.training.setup import Setup, build_setup, initial_state
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The total loss became NaN/Inf; the message names the step and the offending terms."""
+
+
+def summarize_train_metrics(pending: Sequence[tuple[int, Mapping[str, jax.Array]]]) -> dict[str, float]:
+  """[(step, metrics)] since the last log → mean per key; raises NonFiniteLossError at the first bad step."""
+  host = jax.device_get([m for _, m in pending])
+  for (step, _), m in zip(pending, host):
+    if not bool(m["finite"]):
+      bad = {k: float(v) for k, v in m.items() if k != "finite" and not np.isfinite(v)}
+      raise NonFiniteLossError(f"non-finite loss at step {step}: {bad or {'loss': float(m['loss'])}} "
+                               f"(all terms: { {k: float(v) for k, v in m.items() if k != 'finite'} })")
+  keys = [k for k in host[0] if k != "finite"]
+  return {k: float(np.mean([float(m[k]) for m in host])) for k in keys}
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       callbacks: Sequence[Callable[[int], None]] = ()) -> dict:
+  """Trains (resuming from ``workdir``), evaluates, writes ``workdir/results.json``; returns its payload.
+
+  callbacks: called with the step number after every train step (e.g. extra periodic actions).
+  Returns {"preempted": True, "step": n} without the final evaluation when stopped by SIGTERM.
+  """
+  workdir = ckpt_lib.resolve_dir(workdir)
+  s = build_setup(config, workdir, train=True)  # the input pipeline hides the GPUs from TF before CLU starts it
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(s.config.train.keep_checkpoints),
+                                       async_save=bool(s.config.train.async_checkpointing))
+  try:
+    state, step, best = _restore_or_init(s, checkpointer, writer)
+    state, step, preempted = _train_loop(s, workdir, writer, checkpointer, state, step, best, callbacks)
+    if preempted:
+      return {"preempted": True, "step": step}
+    checkpointer.wait()
+    payload = _final_evaluation(s, writer, checkpointer, state, step)
+    eval_lib.report(workdir, payload)
+    return payload
+  finally:  # also on errors (non-finite loss, …): pending checkpoint writes complete, metrics are flushed
+    writer.flush()
+    checkpointer.close()
+
+
+def _restore_or_init(s: Setup, checkpointer, writer):
+  """(state, step, best-so-far) from the newest checkpoint in the work directory, or a fresh initialisation."""
+  config = s.config
+  best = {"split": config.eval.select_on, "metric": "R1", "value": None, "step": None}
+  if checkpointer.latest_step() is None:
+    writer.write_hparams(_flatten(config.to_dict()))
+    return initial_state(s), 0, best
+  state, meta = checkpointer.restore(s.abstract)
+  best = meta.get("best", best)
+  best_step = checkpointer.latest_step(ckpt_lib.BEST)
+  if best_step is not None and best_step != best.get("step"):  # a best saved after the newest last-N checkpoint
+    _, best_meta = checkpointer.restore(s.abstract, best_step, ckpt_lib.BEST)
+    best = best_meta.get("best", best)
+  step = int(meta["step"])
+  if meta.get("steps_per_epoch") not in (None, s.steps_per_epoch):
+    raise ValueError(f"{checkpointer.directory()} was written with {meta['steps_per_epoch']} steps per epoch, the "
+                     f"current data and batch size give {s.steps_per_epoch}: resuming would change the schedule")
+  logging.info("Resumed from %s at step %d (epoch %d); best so far %s", checkpointer.directory(), step,
+               step // s.steps_per_epoch, best)
+  return state, step, best
+
+
+def _train_loop(s: Setup, workdir, writer, checkpointer, state, step: int, best: dict, callbacks):
+  """Runs steps ``step``..stop with logging, per-epoch selection, checkpoints; → (state, step, preempted)."""
+  config, mesh = s.config, s.mesh
+  select_on = config.eval.select_on
+  total_steps = int(config.schedule.num_epochs) * s.steps_per_epoch
+  stop_step = min(total_steps, int(config.train.num_steps)) if config.train.num_steps > 0 else total_steps
+  logging.info("%d train captions (%d skipped), %d steps/epoch, training steps %d..%d of %d",
+               s.train_data.num_examples, s.train_data.num_skipped, s.steps_per_epoch, step, stop_step, total_steps)
+  train_step = state_lib.make_train_step(config, s.model, s.tx, mesh, s.shardings)
+  schedule = optim.make_schedule(config, s.steps_per_epoch)
+  log_every = max(int(config.train.log_every_steps), 1)
+  ckpt_every = int(config.train.checkpoint_every_steps) or s.steps_per_epoch
+  eval_every = int(config.eval.every_epochs)
+  hooks = []
+  if config.train.profile and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+  pending: list[tuple[int, Any]] = []
+  progress = Progress(step, stop_step)
+
+  def meta(at_step):
+    return {"step": at_step, "epoch": at_step // s.steps_per_epoch, "data_position": at_step,
+            "steps_per_epoch": s.steps_per_epoch, "seed": int(config.seed), "best": best}
+
+  def flush(at_step):
+    """Host sync: averaged train metrics and wall-time progress to the writer; raises NonFiniteLossError before
+    anything is saved."""
+    if pending:
+      summary = summarize_train_metrics(pending)
+      summary["lr"] = float(schedule(at_step - 1))
+      speed = progress.report(at_step)
+      summary.update(steps_per_sec=speed["steps_per_sec"])
+      writer.write_scalars(at_step, {f"train/{k}": v for k, v in summary.items()})
+      logging.info("%s; loss %.4f", progress.line(at_step, speed), summary["loss"])
+      pending.clear()
+
+  def save(at_step, which=ckpt_lib.LAST):
+    with progress.paused():
+      checkpointer.save(at_step, state, meta(at_step), which)
+
+  def preemption_requested(flag, at_step) -> bool:
+    if jax.process_count() == 1:
+      return flag.requested
+    if at_step % log_every:  # hosts agree at log steps only (one collective)
+      return False
+    return bool(multihost_utils.process_allgather(np.asarray(flag.requested)).any())
+
+  batches = shd.prefetch_to_mesh(s.train_data.iterator(step), mesh, int(config.train.prefetch))
+  last_saved = step if checkpointer.latest_step() == step else None
+  with ckpt_lib.PreemptionFlag() as flag:
+    while step < stop_step:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        try:
+          batch = next(batches)
+        except StopIteration:
+          raise RuntimeError(f"the train iterator ended at step {step}; it must be infinite") from None
+        state, metrics = train_step.jitted(state, batch)
+      step += 1
+      pending.append((step, metrics))
+      for h in hooks:
+        h(step)
+      for cb in callbacks:
+        cb(step)
+      epoch = step // s.steps_per_epoch
+      if step % log_every == 0 or step == stop_step:
+        flush(step)
+      if select_on != "none" and eval_every > 0 and step % s.steps_per_epoch == 0 and epoch % eval_every == 0:
+        flush(step)
+        with progress.paused():
+          row = s.evaluate(state.params, [select_on], step, "current", epoch)[select_on]
+        writer.write_scalars(step, {f"eval/{select_on}/{k}": row[k] for k in eval_lib.METRIC_KEYS})
+        if best["value"] is None or row["R1"] > best["value"]:
+          best.update(value=row["R1"], step=step, epoch=epoch)
+          save(step, ckpt_lib.BEST)
+          logging.info("New best %s R1 %.3f at step %d", select_on, row["R1"], step)
+      if step % ckpt_every == 0 or step == stop_step:
+        flush(step)
+        save(step)
+        last_saved = step
+      if preemption_requested(flag, step):
+        flush(step)
+        if last_saved != step:
+          save(step)
+        logging.warning("Stopped by SIGTERM at step %d; checkpoint saved in %s. Rerun the same command to resume.",
+                        step, checkpointer.directory())
+        return state, step, True
+  flush(step)
+  if last_saved != step:
+    save(step)
+  return state, step, False
+
+
+def _final_evaluation(s: Setup, writer, checkpointer, state, step: int) -> dict:
+  """The selected checkpoint (best on config.eval.select_on, else the last state) on every config.eval.splits;
+  when the best is not the last state, the last state too (under "last")."""
+  config = s.config
+  splits = config.eval.splits
+  best_step = checkpointer.latest_step(ckpt_lib.BEST) if config.eval.select_on != "none" else None
+  last_rows = None
+  if best_step is not None and best_step != step:
+    best_state, _ = checkpointer.restore(s.abstract, best_step, ckpt_lib.BEST)
+    rows = s.evaluate(best_state.params, splits, best_step, checkpointer.directory(ckpt_lib.BEST, best_step))
+    del best_state
+    last_rows = s.evaluate(state.params, splits, step, checkpointer.directory(ckpt_lib.LAST, step))
+  else:
+    where = ckpt_lib.BEST if best_step == step else ckpt_lib.LAST
+    rows = s.evaluate(state.params, splits, step, checkpointer.directory(where, step))
+  for name, row in rows.items():
+    writer.write_scalars(step, {f"final/{name}/{k}": row[k] for k in eval_lib.METRIC_KEYS})
+  return eval_lib.results_payload(config, rows, last_rows)
