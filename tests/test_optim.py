@@ -140,3 +140,29 @@ def test_unknown_optimizer_and_schedule_rejected():
   config.schedule.name = "step"
   with pytest.raises(ValueError, match="schedule.name"):
     optim.make_schedule(config, 10)
+
+
+def test_group_rules_regex_first_match_and_field_names():
+  """Rules are (regex, lr_mult, wd) with numbers or optim field names; the first match wins; the start-up table
+  counts tensors and parameters per rule."""
+  params = {"clip": {"visual": {"proj": np.zeros((4, 8)), "ln_post": {"bias": np.zeros((8,))}}},
+            "cross_former": {"ln_pre_t": {"scale": np.zeros((8,)), "bias": np.zeros((8,))}},
+            "classifier": {"kernel": np.zeros((8, 3)), "bias": np.zeros((3,))}}
+  config = _config(param_groups=((r"^classifier/", 10.0, 0.0), (r"cross", "lr_factor", "weight_decay"),
+                                  (r"bias$", "bias_lr_factor", 0.5)))
+  groups = optim.param_groups(params, config.optim)
+  assert groups["classifier"]["kernel"] == (10.0, 0.0) and groups["classifier"]["bias"] == (10.0, 0.0)
+  assert groups["cross_former"]["ln_pre_t"]["bias"] == (5.0, 4e-5)  # "cross" comes before "bias$"
+  assert groups["clip"]["visual"]["ln_post"]["bias"] == (2.0, 0.5)
+  assert groups["clip"]["visual"]["proj"] == (1.0, 4e-5)  # no rule: lr × 1, optim.weight_decay
+  config.optim.lr_factor = 3.0  # a field-name multiplier follows the field
+  assert optim.param_groups(params, config.optim)["cross_former"]["ln_pre_t"]["scale"] == (3.0, 4e-5)
+  table = optim.group_table(params, config.optim).splitlines()
+  counts = {line.split()[0]: tuple(int(x.replace(",", "")) for x in line.split()[-2:]) for line in table[1:]}
+  assert counts == {"^classifier/": (2, 27), "cross": (2, 16), "bias$": (1, 8), "(no": (1, 32)}
+  config.optim.param_groups = ((r"(", 1.0, 0.0),)
+  with pytest.raises(ValueError, match=r"param_groups\[0\]: invalid regex"):
+    optim.param_groups(params, config.optim)
+  config.optim.param_groups = ((r"x", "no_such_field", 0.0),)
+  with pytest.raises(ValueError, match="no_such_field"):
+    optim.param_groups(params, config.optim)

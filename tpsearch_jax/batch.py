@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from tpsearch_jax.data import tokenizer
+from tpsearch_jax.models.clip import tokenizer
 
 TRAIN_KEYS = ("images", "caption_ids", "mlm_ids", "mlm_labels", "pids", "image_ids")
 EVAL_IMAGE_KEYS = ("images", "pids", "valid")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tpsearch_jax.data.tokenizer import MASK_ID
+from tpsearch_jax.models.clip.tokenizer import MASK_ID
 
 SELECT_PROB = 0.15
 MASK_FRACTION = 0.8

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from tpsearch_jax.data.image_stats import CLIP_MEAN, CLIP_STD
+from tpsearch_jax.models.clip.image_stats import CLIP_MEAN, CLIP_STD
 
 # The pipeline's normalisation constants, applied in this order (multiply, then add) in float32.
 NORM_SCALE = np.asarray([1 / (255 * s) for s in CLIP_STD], np.float32)

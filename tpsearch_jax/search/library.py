@@ -17,7 +17,8 @@ import numpy as np
 from absl import logging
 
 from tpsearch_jax import sharding as shd
-from tpsearch_jax.data import preprocess, tokenizer
+from tpsearch_jax.data import preprocess
+from tpsearch_jax.models.clip import tokenizer
 from tpsearch_jax.search import index as search_index
 from tpsearch_jax.training import runs
 

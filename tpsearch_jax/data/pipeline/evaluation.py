@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tpsearch_jax.data import tokenizer
+from tpsearch_jax.models.clip import tokenizer
 from tpsearch_jax.data.pipeline import checks, image_ops, options, sources
 
 

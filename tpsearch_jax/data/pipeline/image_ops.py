@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tpsearch_jax.data.image_stats import CLIP_MEAN, CLIP_STD
+from tpsearch_jax.models.clip.image_stats import CLIP_MEAN, CLIP_STD
 
 PAD_PIXELS = 10
 ERASE_AREA = (0.02, 0.4)

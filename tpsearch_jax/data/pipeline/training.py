@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tpsearch_jax.data import masking, samplers, tokenizer
+from tpsearch_jax.data import masking, samplers
+from tpsearch_jax.models.clip import tokenizer
 from tpsearch_jax.data.pipeline import checks, image_ops, options, sources
 
 RECORD_FIELDS = ("pid", "image_id", "image_path", "caption")
