@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from tpsearch_jax.data import input_pipeline as ip
-from tpsearch_jax.data import masking, samplers, tokenizer
+from tpsearch_jax.data import masking, samplers
+from tpsearch_jax.models.clip import tokenizer
 
 Rec = collections.namedtuple("Rec", "pid image_id image_path caption")
 Split = collections.namedtuple("Split", "name image_pids image_paths caption_pids captions")
