@@ -1,4 +1,4 @@
-"""The benchmark's flags and run: presets → per-method train/eval sections, then metrics and search; writes outputs."""
+"""The benchmark's flags and run: per-method train/eval sections, then metrics and search; writes the outputs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tpsearch_jax.bench import metrics as metrics_bench
 from tpsearch_jax.bench import profile
 from tpsearch_jax.bench import search as search_bench
 from tpsearch_jax.bench import train as train_bench
-from tpsearch_jax.bench.presets import DATASET_SIZES, PRESETS, dataset_size, method_config
+from tpsearch_jax.bench.presets import DATASET_SIZES, PRESETS, Preset, dataset_size, method_config
 from tpsearch_jax.bench.records import Results, device_meta
 
 SECTIONS = ("train", "eval", "metrics", "search")
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> Results:
   return results
 
 
-def _bench_method(config, results: Results, preset, args, skip: set[str]) -> None:
+def _bench_method(config, results: Results, preset: Preset, args, skip: set[str]) -> None:
   """The train (+ profile) and eval sections of one method, on one setup."""
   print(f"\n[{config.model.name}]", flush=True)
   s = train_bench.setup_with_fallback(config, compile_now="train" not in skip, auto=args.attention == "auto")

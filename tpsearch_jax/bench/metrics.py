@@ -9,18 +9,17 @@ from __future__ import annotations
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tpsearch_jax import metrics
 from tpsearch_jax.bench.presets import Preset, base_config, dataset_size, sizes
 from tpsearch_jax.bench.records import Results, median_time
+from tpsearch_jax.search import index as search_index
 
 
 def _unit_normal(key, rows: int, dim: int) -> jax.Array:
   """[rows, dim] float32 standard normal rows scaled to unit L2 norm."""
-  x = jax.random.normal(key, (rows, dim))
-  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+  return search_index.l2_normalize(jax.random.normal(key, (rows, dim)))
 
 
 def bench_metrics(results: Results, preset: Preset, args) -> None:
