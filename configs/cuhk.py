@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from tpsearch_jax.configs import base
 
+# Per-method values on CUHK-PEDES beyond the presets: none (fmfa_paper's preset carries the paper's CUHK values).
+PER_METHOD: dict[str, dict] = {}
+
 
 def get_config(method: str = "irra"):
   """IRRA/FMFA recipe on CUHK-PEDES; the checkpoint is selected on val R@1."""
   c = base.get_config(method)
+  base.apply_per_method(c, PER_METHOD, method, "configs/cuhk.py")
   c.data.name = "cuhk_pedes"
   c.data.root = "data/CUHK-PEDES"
   return c

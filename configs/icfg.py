@@ -11,10 +11,16 @@ from __future__ import annotations
 
 from tpsearch_jax.configs import base
 
+# Per-method values on ICFG-PEDES: the FMFA paper's EFA margins (methods.md §2.6) and 100 epochs (§4) [paper].
+PER_METHOD = {
+    "fmfa_paper": {"loss.efa_margin_t2e": 0.2, "loss.efa_margin_i2e": 1.0, "schedule.num_epochs": 100},
+}
+
 
 def get_config(method: str = "irra"):
   """IRRA/FMFA recipe on ICFG-PEDES; ``eval.select_on`` is unset and must be given ("none" or "test")."""
   c = base.get_config(method)
+  base.apply_per_method(c, PER_METHOD, method, "configs/icfg.py")
   c.data.name = "icfg_pedes"
   c.data.root = "data/ICFG-PEDES"
   c.eval.select_on = None  # must be set: "none" or "test"

@@ -3,6 +3,8 @@ methods and evaluation references (explicit loops, no shared code with tpsearch_
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -150,6 +152,47 @@ def efa(t, v, m_t2e=0.1, m_i2e=0.9, temp=1.0, mask=None):
   s_t = s_matrix(t, valid)
   s_v = s_matrix(v, np.ones(v.shape[:2], bool))
   return ell(s_t, m_t2e) + ell(s_v, m_i2e)
+
+
+def efa_paper(t, v, m_t2e, m_i2e, lam=1.0):
+  """FMFA EFA as the paper's equations state it (methods.md §2.6, "Paper" row), written from them, not from the code.
+
+  Step 1: A_b = T_b V_bᵀ, per-row min-max, keep entries ≥ 1/N, divide by the row sum, E_b = W V_b.
+  Step 2: S_ij = log Σ_l exp(max_m cos(x_il, e_jm) / λ), no normalisation of S.
+  Step 3: per-anchor hinge-LSE with τ2 = 1, the anchor's own (zero) term inside:
+          ℓ = (1/B) Σ_i log[1 + Σ_{j≠i} exp(S_ij − S_ii + m)] + (1/B) Σ_j log[1 + Σ_{i≠j} exp(S_ij − S_jj + m)].
+  L = ℓ(S(T), m_t2e) + ℓ(S(V), m_i2e).
+  """
+  t, v = _f64(t), _f64(v)
+  b, lt, _ = t.shape
+  n = v.shape[1]
+  e = np.zeros_like(t)
+  for bi in range(b):
+    for l in range(lt):
+      a = t[bi] @ v[bi].T
+      row = a[l]
+      w = (row - row.min()) / (row.max() - row.min())
+      w = w * (w >= 1.0 / n)
+      w = w / w.sum()
+      e[bi, l] = w @ v[bi]
+
+  def cos(x, y):
+    return float(np.dot(x, y) / (np.linalg.norm(x) * np.linalg.norm(y)))
+
+  def s_matrix(x):
+    s = np.zeros((b, b))
+    for i in range(b):
+      for j in range(b):
+        s[i, j] = np.log(sum(math.exp(max(cos(x[i, l], e[j, m]) for m in range(lt)) / lam)
+                             for l in range(x.shape[1])))
+    return s
+
+  def ell(s, m):
+    rows = [math.log(1.0 + sum(math.exp(s[i, j] - s[i, i] + m) for j in range(b) if j != i)) for i in range(b)]
+    cols = [math.log(1.0 + sum(math.exp(s[i, j] - s[j, j] + m) for i in range(b) if i != j)) for j in range(b)]
+    return sum(rows) / b + sum(cols) / b
+
+  return ell(s_matrix(t), m_t2e) + ell(s_matrix(v), m_i2e)
 
 
 # --------------------------------------------------------------------------------------------------- ranking

@@ -52,14 +52,16 @@ def test_icfg_override_of_the_unset_selection():
 
 
 def test_defaults_are_the_reference_recipe():
-  """methods.md §4: Adam(0.9, 0.999, eps 1e-3), lr 1e-5, ×5 new modules, bias ×2 wd 0, wd 4e-5 (L2), 5 warm-up
-  epochs from 0.1× then cosine stepped per epoch, 60 epochs, batch 64; val selection; 384×128 ViT-B/16."""
+  """methods.md §4: Adam(0.9, 0.999, eps 1e-3), lr 1e-5, IRRA's groups (×5, bias ×2 wd 0), wd 4e-5 (L2), 5 warm-up
+  epochs from 0.1× then cosine stepped per epoch, 60 epochs, batch 64; val selection; 384×128 ViT-B/16. The
+  per-method recipes are checked in test_recipes.py."""
   for dataset in ("cuhk", "rstp", "icfg"):
     c = load(dataset)
     o, s = c.optim, c.schedule
     assert (o.name, o.b1, o.b2, o.eps, o.lr, o.lr_factor, o.bias_lr_factor) == ("adam", 0.9, 0.999, 1e-3, 1e-5, 5, 2)
     assert (o.weight_decay, o.weight_decay_bias) == (4e-5, 0.0)
-    assert tuple(map(tuple, o.param_groups)) == optim.REFERENCE_GROUPS  # checked against the recipe in test_optim
+    assert tuple(map(tuple, o.param_groups)) == optim.IRRA_GROUPS  # checked against §4 in test_recipes
+    assert c.data.drop_last  # ⌊N/B⌋ by default; the reference's ⌈N/B⌉ is data.drop_last=False
     assert (s.name, s.num_epochs, s.warmup_epochs, s.warmup_factor, s.per_step) == ("cosine", 60, 5, 0.1, False)
     assert c.train.batch_size == 64 and c.seed == 1
     assert tuple(c.data.image_size) == (384, 128) and c.model.clip.patch_size == 16

@@ -20,7 +20,7 @@ ASDM = jax.jit(losses.asdm_loss, static_argnames=("gap",))
 ITC = jax.jit(losses.itc_loss)
 ID = jax.jit(losses.id_loss)
 MLM = jax.jit(losses.mlm_loss)
-EFA = jax.jit(losses.efa_loss, static_argnames=("safe", "row_block"))
+EFA = jax.jit(losses.efa_loss, static_argnames=("safe", "row_block", "arithmetic"))
 TRIPLET = jax.jit(losses.triplet_ranking_loss)
 MINE = jax.jit(losses.mine_semi_hard_negatives)
 CMR = jax.jit(losses.cmr_loss, static_argnames=("commonality",))
@@ -106,13 +106,15 @@ def test_mlm_without_labels_is_zero_with_finite_gradient():
 # ------------------------------------------------------------------------------------------------ EFA
 
 
-def _tokens(seed, b, lt, n, d):
+def _tokens(seed, b, lt, n, d, spread=False):
   """Caption and patch tokens sharing a per-sample component, so S varies across pairs (the row L2-norm of S
-  otherwise flattens it and would hide a wrong LSE axis)."""
+  otherwise flattens it and would hide a wrong LSE axis). spread: per-sample noise from 0.3 to 3, so the diagonal of
+  S varies too (a wrong anchor axis then moves the loss by ≈ 6e-4 relative, 60× the tolerance)."""
   rng = np.random.default_rng(seed)
   shared = 3.0 * rng.normal(size=(b, 1, d))
-  return ((shared + rng.normal(size=(b, lt, d))).astype(np.float32),
-          (shared + rng.normal(size=(b, n, d))).astype(np.float32))
+  noise = np.linspace(0.3, 3.0, b)[:, None, None] if spread else 1.0
+  return ((shared + noise * rng.normal(size=(b, lt, d))).astype(np.float32),
+          (shared + noise * rng.normal(size=(b, n, d))).astype(np.float32))
 
 
 @pytest.mark.parametrize("b,lt,n,d,row_block", [(2, 4, 5, 3, 8), (5, 6, 9, 8, 2)])
@@ -142,6 +144,45 @@ def test_efa_constant_batch_gives_the_documented_init_value():
   want = 2 * math.log(1 + (b - 1) * math.exp(0.1)) + 2 * math.log(1 + (b - 1) * math.exp(0.9))
   _close(got, want)
   assert abs(want - 18.61) < 0.01
+
+
+@pytest.mark.parametrize("b,lt,n,d,margins", [(2, 4, 5, 3, (0.1, 0.1)), (5, 6, 9, 8, (0.2, 1.0)),
+                                              (4, 5, 7, 6, (0.2, 0.8))])
+def test_efa_paper_arithmetic_matches_the_paper_equations(b, lt, n, d, margins):
+  """arithmetic="paper": ≥ 1/N, no row-L2 of S, per-anchor LSEs (CUHK / ICFG / RSTP margins of the paper)."""
+  t, v = _tokens(7 * b + lt, b, lt, n, d, spread=True)
+  got = EFA(t, v, *margins, 1.0, arithmetic="paper", row_block=2)
+  _close(got, ref.efa_paper(t, v, *margins, lam=1.0))
+  # the two arithmetics are really different losses on the same inputs
+  assert abs(float(got) - ref.efa(t, v, *margins, 1.0)) > 1e-2
+
+
+def test_efa_paper_constant_batch_and_defaults():
+  # S constant: each per-anchor LSE is log(1 + (B−1)e^m), the same value as the released arithmetic's.
+  t, v = _tokens(5, 1, 3, 4, 5)
+  b = 16
+  want = 2 * math.log(1 + (b - 1) * math.exp(0.2)) + 2 * math.log(1 + (b - 1) * math.exp(0.8))
+  _close(EFA(np.repeat(t, b, 0), np.repeat(v, b, 0), 0.2, 0.8, arithmetic="paper"), want)
+  t, v = _tokens(3, 3, 4, 5, 6)  # the defaults stay the released arithmetic
+  _close(EFA(t, v), ref.efa(t, v))
+  with pytest.raises(ValueError, match="arithmetic"):
+    losses.efa_loss(t, v, arithmetic="eq7")
+
+
+@pytest.mark.parametrize("arithmetic", ["released", "paper"])
+def test_efa_valid_mask_equals_the_loss_of_the_valid_rows(arithmetic):
+  """A padded short batch (data.drop_last=False): the masked loss is the loss of the real rows alone."""
+  t, v = _tokens(13, 6, 5, 7, 6)
+  valid = np.array([1, 1, 0, 1, 1, 0], bool)
+  t[~valid], v[~valid] = t[0], v[0]  # padding repeats real rows, as the sampler does
+  real = ref.efa(t[valid], v[valid], 0.2, 0.8) if arithmetic == "released" else ref.efa_paper(
+      t[valid], v[valid], 0.2, 0.8)
+  got = EFA(t, v, 0.2, 0.8, valid=valid, arithmetic=arithmetic, row_block=4)
+  _close(got, real)
+  grads = jax.grad(lambda a, c: losses.efa_loss(a, c, 0.2, 0.8, valid=valid, arithmetic=arithmetic),
+                   argnums=(0, 1))(t, v)
+  for g in grads:
+    assert np.all(np.isfinite(np.asarray(g))) and not np.any(np.asarray(g)[~valid])
 
 
 def test_efa_safe_flag_handles_constant_rows():
@@ -290,6 +331,8 @@ def _all_losses(seed=0):
       ("mlm", lambda a: losses.mlm_loss(a, mlm_labels), (mlm_logits,), lambda a: ref.mlm(a, mlm_labels)),
       ("efa", lambda a, c: losses.efa_loss(a, c), (tt, vv), lambda a, c: ref.efa(a, c)),
       ("efa_mask", lambda a, c: losses.efa_loss(a, c, text_mask=mask), (tt, vv), lambda a, c: ref.efa(a, c, mask=mask)),
+      ("efa_paper", lambda a, c: losses.efa_loss(a, c, 0.2, 1.0, arithmetic="paper"), (tt, vv),
+       lambda a, c: ref.efa_paper(a, c, 0.2, 1.0)),
       ("triplet", lambda a, c: losses.triplet_ranking_loss(a, c, y, key), (v, t), None),
       ("cmr", lambda a, c: losses.cmr_loss(a[:, None], c[:, None], y, key, commonality="freq"), (v, t), None),
   ]

@@ -96,7 +96,10 @@ def _forward_fn(method: str, dtype: str = "float32"):
 
   def forward(p, b, key):
     outputs = model.apply({"params": p}, b)
-    return objectives.compute_losses(outputs, b, loss, key), outputs
+    terms = objectives.compute_losses(outputs, b, loss, key, objectives.mlm_head_fn(model, p))
+    if "mlm_hidden" in outputs:  # the full-vocabulary logits, for the references below
+      outputs = dict(outputs, mlm_logits=objectives.mlm_head_fn(model, p)(outputs["mlm_hidden"]))
+    return terms, outputs
 
   return jit(forward)
 
@@ -406,24 +409,41 @@ def test_cross_former_and_mlm_head_match_numpy():
 
 
 def test_cross_former_init_follows_irra():
+  """IRRA model/build.py re-initialises weights only; biases keep PyTorch's defaults: nn.MultiheadAttention zeroes
+  in_proj_bias and out_proj.bias, nn.Linear draws uniform(±1/√fan_in) (methods.md §2.3, IRRA @cfc2378)."""
   width, layers = 64, 4
   x = jnp.zeros((1, 3, width))
   pf = jit(CrossFormer(width, layers, 8).init)(jax.random.key(0), x, x)["params"]
   ph = jit(MLMHead(width, 500, layers).init)(jax.random.key(1), x)["params"]
   scale, proj, fc = width ** -0.5, width ** -0.5 * (2 * layers) ** -0.5, (2 * width) ** -0.5
-  want = {("cross_attn", "query"): scale, ("cross_attn", "value"): scale, ("cross_attn", "out"): proj}
+  want = {("cross_attn", "query"): (scale, None), ("cross_attn", "value"): (scale, None),
+          ("cross_attn", "out"): (proj, None)}
   for i in range(layers):
     blk = ("transformer", f"resblocks_{i}")
-    want |= {blk + ("attn", "key"): scale, blk + ("attn", "out"): proj, blk + ("mlp", "c_fc"): fc,
-             blk + ("mlp", "c_proj"): proj}
-  for path, std in want.items():
-    node = pf
+    want |= {blk + ("attn", "key"): (scale, None), blk + ("attn", "out"): (proj, None),
+             blk + ("mlp", "c_fc"): (fc, width), blk + ("mlp", "c_proj"): (proj, 4 * width)}
+  heads = {("dense",): (fc, width), ("fc",): (proj, width)}
+
+  def check(tree, path, std, fan_in):
+    node = tree
     for k in path:
       node = node[k]
     np.testing.assert_allclose(np.std(np.asarray(node["kernel"])), std, rtol=0.06, err_msg=str(path))
-    assert not np.any(np.asarray(node["bias"])), path
-  np.testing.assert_allclose(np.std(np.asarray(ph["dense"]["kernel"])), fc, rtol=0.06)
-  np.testing.assert_allclose(np.std(np.asarray(ph["fc"]["kernel"])), proj, rtol=0.03)
+    bias = np.asarray(node["bias"])
+    if fan_in is None:  # attention: zero
+      assert not np.any(bias), path
+      return
+    bound = fan_in ** -0.5  # uniform(−bound, bound): |b| ≤ bound, max near it, std = bound/√3
+    assert np.abs(bias).max() <= bound and np.abs(bias).max() > 0.8 * bound, path
+    np.testing.assert_allclose(np.std(bias), bound / np.sqrt(3), rtol=0.2, err_msg=str(path))
+    assert abs(np.mean(bias)) < 0.25 * bound, path
+
+  for path, (std, fan_in) in want.items():
+    check(pf, path, std, fan_in)
+  for path, (std, fan_in) in heads.items():
+    check(ph, path, std, fan_in)
+  for ln in ("ln_pre_t", "ln_pre_i", "ln_post"):
+    assert np.all(np.asarray(pf[ln]["scale"]) == 1) and not np.any(np.asarray(pf[ln]["bias"]))
   cls = np.asarray(_all_params()["classifier"]["kernel"])
   assert 0.0006 < np.std(cls) < 0.0014 and not np.any(np.asarray(_all_params()["classifier"]["bias"]))
 

@@ -52,6 +52,7 @@ def test_schedule_per_step_uses_fractional_epoch():
 
 
 def test_param_group_labels_on_toy_tree():
+  """param_groups=True (legacy run configs) = IRRA's rule of methods.md §4."""
   x = np.zeros((2, 2), np.float32)
   params = {
       "clip": {"visual": {"proj": x, "ln_post": {"scale": x, "bias": x},
@@ -73,8 +74,8 @@ def test_param_group_labels_on_toy_tree():
       "['clip']['visual']['transformer']['resblocks_0']['attn']['query']['bias']": (2.0, 0.0),
       "['clip']['text']['token_embedding']['embedding']": (1.0, wd),
       "['cross_former']['cross_attn']['kernel']": (5.0, wd),
-      "['cross_former']['cross_attn']['bias']": (2.0, 0.0),  # bias rule overrides the new-module rule
-      "['cross_former']['ln_pre_t']['scale']": (5.0, wd),
+      "['cross_former']['cross_attn']['bias']": (2.0, 0.0),  # bias rule overrides the "cross" rule
+      "['cross_former']['ln_pre_t']['scale']": (1.0, wd),  # IRRA name "ln_pre_t" has no "cross": base lr (§4)
       "['classifier']['kernel']": (5.0, wd),
       "['classifier']['bias']": (5.0, 0.0),  # classifier rule overrides the bias lr, keeps wd 0
       "['mlm_head']['dense']['kernel']": (5.0, wd),

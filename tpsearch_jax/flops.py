@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from tpsearch_jax import objectives
+from tpsearch_jax import masked_mlm, objectives
 from tpsearch_jax.models import model_options
 from tpsearch_jax.models.clip import CLIPConfig
 
@@ -74,6 +74,14 @@ def cross_former(q_len: int, kv_len: int, width: int, layers: int) -> dict[str, 
   out = _prefixed("cross_attn", attention(q_len, kv_len, width))
   out.update(_prefixed("blocks", transformer(q_len, width, layers)))
   return out
+
+
+def mlm_head_rows(loss, batch_size: int, length: int) -> int:
+  """Positions the MLM head projects per step: all B·L ("full"), or the gathered capacity ("masked", its fast path)."""
+  if loss.mlm_head == "full":
+    return batch_size * length
+  g = masked_mlm.group_size(batch_size, loss.mlm_group_rows)
+  return batch_size // g * masked_mlm.capacity(g, length, loss.mlm_capacity)
 
 
 def mlm_head(positions: int, width: int, vocab: int) -> dict[str, float]:
@@ -156,7 +164,7 @@ def train_step_flops(config: Any, batch_size: int) -> StepFlops:
   if heads.mlm:
     forward.update(_prefixed("text_mlm", text_tower(clip), b))
     forward.update(_prefixed("cross_former", cross_former(length, patches + 1, embed, opts.cross_layers), b))
-    forward.update(_prefixed("mlm_head", mlm_head(length, embed, clip.vocab_size), b))
+    forward.update(_prefixed("mlm_head", mlm_head(mlm_head_rows(lo, batch_size, length), embed, clip.vocab_size)))
   pieces = 1
   if opts.use_parts:
     p = opts.part

@@ -11,7 +11,7 @@ y person ids, x̂ = x/‖x‖, s logit scale (50 = 1/0.02).
 | id_loss | IRRA/FMFA identity classification loss (shared classifier, mean of the image and text CEs) |
 | mlm_loss | IRRA implicit relation reasoning (masked-token CE over labelled positions) |
 | itc_loss | CLIP InfoNCE (identity-blind) |
-| efa_loss | FMFA explicit fine-grained alignment, arithmetic of the released code |
+| efa_loss | FMFA explicit fine-grained alignment: released-code arithmetic (default) or the paper's |
 | triplet_ranking_loss | SSAN/LGUR/PLOT ranking loss with random semi-hard negatives |
 | cmr_loss | commonality-based margin ranking loss (per-part triplets with per-anchor margins) |
 """
@@ -162,8 +162,14 @@ def _normalize_eps(x: jax.Array, axis: int = -1) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), 1e-24))
 
 
-def _sparse_aggregate(text_tokens, image_patches, text_mask, safe):
-  """Language-grouped vision embeddings. text [B,L,D], patches [B,N,D], mask [B,L] bool|None -> E [B,L,D]."""
+EFA_ARITHMETIC = ("released", "paper")
+
+
+def _sparse_aggregate(text_tokens, image_patches, text_mask, safe, inclusive):
+  """Language-grouped vision embeddings. text [B,L,D], patches [B,N,D], mask [B,L] bool|None -> E [B,L,D].
+
+  inclusive: keep Ā ≥ 1/N (paper) instead of Ā > 1/N (released code).
+  """
   n = image_patches.shape[1]
   a = jnp.einsum("bld,bnd->bln", text_tokens, image_patches)
   lo = jnp.min(a, axis=-1, keepdims=True)
@@ -173,7 +179,7 @@ def _sparse_aggregate(text_tokens, image_patches, text_mask, safe):
   if text_mask is not None:
     span = jnp.where(text_mask[..., None], span, 1.0)  # padded rows are dropped later; keep them finite
   a = (a - lo) / span
-  a = jnp.where(a > 1.0 / n, a, 0.0)
+  a = jnp.where(a >= 1.0 / n if inclusive else a > 1.0 / n, a, 0.0)
   total = jnp.sum(a, axis=-1, keepdims=True)
   if safe:
     total = jnp.maximum(total, 1e-12)
@@ -184,7 +190,7 @@ def _sparse_aggregate(text_tokens, image_patches, text_mask, safe):
 
 
 def _hard_coding_similarity(x, e, x_mask, e_mask, temperature, row_block):
-  """S_ij = log Σ_l exp(max_m ⟨x̂_il, ê_jm⟩ / t), rows L2-normalised. x [B,Lx,D], e [B,Le,D] -> [B, B]."""
+  """S_ij = log Σ_l exp(max_m ⟨x̂_il, ê_jm⟩ / t) (not normalised). x [B, Lx, D], e [B, Le, D] -> [B, B]."""
   x_hat, e_hat = _normalize_eps(x), _normalize_eps(e)
   if x_mask is None:
     x_mask = jnp.ones(x.shape[:2], bool)
@@ -198,43 +204,63 @@ def _hard_coding_similarity(x, e, x_mask, e_mask, temperature, row_block):
     z = jnp.where(m_i[None, :], jnp.max(sim, axis=-1) / temperature, -jnp.inf)
     return jax.nn.logsumexp(z, axis=-1)
 
-  s = jax.lax.map(one_row, (x_hat, x_mask), batch_size=min(row_block, x.shape[0]))
-  return _normalize_eps(s, axis=1)
+  return jax.lax.map(one_row, (x_hat, x_mask), batch_size=min(row_block, x.shape[0]))
 
 
-def _efa_margin_term(s: jax.Array, margin: float) -> jax.Array:
-  """(1/B)Σ_j LSE_i H_ij + (1/B)Σ_j LSE_i G_ij, G_ij = S_ij−S_ii+m, H_ij = S_ij−S_jj+m, zero diagonals."""
+def _efa_margin_term(s: jax.Array, margin: float, per_anchor: bool, valid: jax.Array | None) -> jax.Array:
+  """G_ij = S_ij−S_ii+m, H_ij = S_ij−S_jj+m, zero diagonals, s [B, B] -> f32 [].
+
+  per_anchor=False (released): mean_j LSE_i H_ij + mean_j LSE_i G_ij; True (paper): mean_j LSE_i H_ij + mean_i LSE_j
+  G_ij, each LSE over the negatives of its own anchor. valid bool [B] | None: only valid i and j take part.
+  """
   d = jnp.diag(s)
   eye = jnp.eye(s.shape[0], dtype=bool)
   g = jnp.where(eye, 0.0, s - d[:, None] + margin)
   h = jnp.where(eye, 0.0, s - d[None, :] + margin)
-  return jnp.mean(jax.nn.logsumexp(h, axis=0)) + jnp.mean(jax.nn.logsumexp(g, axis=0))
+  if valid is None:
+    mean = jnp.mean
+  else:
+    keep = (valid[:, None] & valid[None, :]) | eye  # the zero diagonal keeps every LSE (and its gradient) finite
+    g, h = jnp.where(keep, g, -jnp.inf), jnp.where(keep, h, -jnp.inf)
+    count = jnp.maximum(jnp.sum(valid.astype(_F32)), 1.0)
+    mean = lambda z: jnp.sum(jnp.where(valid, z, 0.0)) / count  # noqa: E731
+  return mean(jax.nn.logsumexp(h, axis=0)) + mean(jax.nn.logsumexp(g, axis=1 if per_anchor else 0))
 
 
 def efa_loss(text_tokens, image_patches, margin_t2e=0.1, margin_i2e=0.9, lse_temperature=1.0, text_mask=None,
-             safe=False, row_block=8):
+             safe=False, row_block=8, arithmetic="released", valid=None):
   """FMFA explicit fine-grained alignment. text_tokens [B, L, D], image_patches [B, N, D] (f32/bf16, CLS dropped),
-  text_mask bool [B, L] or None -> f32 [].
+  text_mask bool [B, L] or None, valid bool [B] or None -> f32 [].
 
   E_b = W_b V_b with W = row-normalised 1[Ā > 1/N]·Ā, Ā = per-row min-max of T_b V_bᵀ; S(X) = row-L2-normalised
   [log Σ_l exp(max_m ⟨x̂_il, ê_jm⟩ / t)]_ij; ℓ(S, m) = mean_j LSE_i(S_ij−S_jj+m) + mean_j LSE_i(S_ij−S_ii+m) with the
   diagonals set to 0 inside the LSEs; L = ℓ(S(T), m_t2e) + ℓ(S(V), m_i2e).
 
-  Reference quirks kept on purpose (FMFA release arithmetic): min-max without epsilon (a constant row gives NaN; pass
-  safe=True to add 1e-6 to the range and guard the empty-row sum), threshold strict ``>`` 1/N (the paper writes ≥),
-  the extra row L2-normalisation of S (not in the paper), both LSEs over the FIRST index (the G term mixes anchors),
-  the zero diagonal kept inside the LSEs, nothing detached. Defaults are the HEAD values (margins 0.1/0.9, t = 1);
-  the first release used t = 0.1 and margins 0.1/0.1. Token and S normalisations divide by max(‖x‖, 1e-12) like
-  torch's F.normalize.
+  ``arithmetic="released"`` (default) keeps the FMFA code's quirks on purpose: min-max without epsilon (a constant
+  row gives NaN; pass safe=True to add 1e-6 to the range and guard the empty-row sum), threshold strict ``>`` 1/N,
+  the extra row L2-normalisation of S, both LSEs over the FIRST index (the G term mixes anchors), the zero diagonal
+  kept inside the LSEs, nothing detached. Defaults are the HEAD values (margins 0.1/0.9, t = 1); the first release
+  used t = 0.1 and margins 0.1/0.1. Token and S normalisations divide by max(‖x‖, 1e-12) like torch's F.normalize.
+
+  ``arithmetic="paper"`` follows the paper's equations (methods.md §2.6): threshold ``≥`` 1/N, no normalisation of
+  S, and the standard per-anchor LSE: ℓ = mean_j LSE_i(S_ij−S_jj+m) + mean_i LSE_j(S_ij−S_ii+m). The zero diagonal
+  stays inside both LSEs (the log(1 + Σ_{negatives}) form) in both variants. The paper's λ is ``lse_temperature``
+  (1 in the paper); its margin-LSE temperature τ2 = 1 is implicit here.
 
   text_mask=None keeps every text position (SOT, EOT, padding), as the reference does. With a mask, padded text rows
   are left out of the aggregation (their E rows are excluded from the max over E tokens in both terms) and padded
   text tokens are left out of the LSE over X tokens when X = T. Each caption needs at least one valid position.
+  valid=None: every sample counts; otherwise the loss equals the loss of the batch of the valid samples alone (for
+  the padded rows of a short last batch, ``config.data.drop_last=False``): invalid rows and columns of S are left out
+  of the row L2-norm, of every LSE and of the means.
 
   Cost: the hard-coding step needs B·B·L_x·L·D multiply-adds per term (B = 128, L = 77, N = 192, D = 512: ≈ 0.25
   TFLOP for the V term); it runs as a lax.map over blocks of ``row_block`` anchors with rematerialisation, so live
   memory is O(row_block·B·L_x·L) instead of O(B²·L_x·L) in both the forward and the backward pass.
   """
+  if arithmetic not in EFA_ARITHMETIC:
+    raise ValueError(f"efa_loss: arithmetic must be one of {EFA_ARITHMETIC}, got {arithmetic!r}")
+  paper = arithmetic == "paper"
   t, v = _f32(text_tokens, image_patches)
   if t.ndim != 3 or v.ndim != 3 or t.shape[0] != v.shape[0] or t.shape[2] != v.shape[2]:
     raise ValueError(f"efa_loss: text_tokens {t.shape} must be [B, L, D] and image_patches {v.shape} [B, N, D]")
@@ -242,10 +268,23 @@ def efa_loss(text_tokens, image_patches, margin_t2e=0.1, margin_i2e=0.9, lse_tem
     text_mask = jnp.asarray(text_mask).astype(bool)
     if text_mask.shape != t.shape[:2]:
       raise ValueError(f"efa_loss: text_mask {text_mask.shape} must be [B, L] = {t.shape[:2]}")
-  e = _sparse_aggregate(t, v, text_mask, safe)
+  if valid is not None:
+    valid = jnp.asarray(valid).astype(bool)
+    if valid.shape != t.shape[:1]:
+      raise ValueError(f"efa_loss: valid {valid.shape} must be [B] = {t.shape[:1]}")
+  e = _sparse_aggregate(t, v, text_mask, safe, inclusive=paper)
   s_t = _hard_coding_similarity(t, e, text_mask, text_mask, lse_temperature, row_block)
   s_v = _hard_coding_similarity(v, e, None, text_mask, lse_temperature, row_block)
-  return _efa_margin_term(s_t, margin_t2e) + _efa_margin_term(s_v, margin_i2e)
+  if not paper:
+    s_t, s_v = _row_l2(s_t, valid), _row_l2(s_v, valid)
+  return _efa_margin_term(s_t, margin_t2e, paper, valid) + _efa_margin_term(s_v, margin_i2e, paper, valid)
+
+
+def _row_l2(s: jax.Array, valid: jax.Array | None) -> jax.Array:
+  """Each row of s [B, B] divided by max(‖row‖, 1e-12), the norm over the valid columns only when ``valid``."""
+  if valid is None:
+    return _normalize_eps(s, axis=1)
+  return _normalize_eps(jnp.where(valid[None, :], s, 0.0), axis=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------

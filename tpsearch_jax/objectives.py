@@ -8,7 +8,9 @@ Wiring:
   sdm / asdm / itc  global embeddings.
   id                shared classifier on every embedding piece of both modalities (global only without the part
                     model); the term is the mean over pieces of ½[CE(image) + CE(text)].
-  mlm               cross-former on the re-encoded ``mlm_ids`` against all image tokens; labels 0 are ignored.
+  mlm               cross-former on the re-encoded ``mlm_ids`` against all image tokens; labels 0 are ignored; the
+                    vocabulary projection runs at the labelled positions only (``masked_mlm``, exact) unless
+                    ``mlm_head="full"``.
   efa               all L text tokens of ``caption_ids`` vs the image patch tokens (CLS dropped).
   triplet           summed over the global embedding (when ``global_loss == "triplet"``) and each coarse embedding.
   cmr               the P part embeddings; the "prob" commonality gets the shared classifier's part logits.
@@ -17,14 +19,16 @@ Wiring:
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
-from tpsearch_jax import losses
+from tpsearch_jax import losses, masked_mlm
 
 LOSS_NAMES = ("sdm", "asdm", "itc", "id", "mlm", "efa", "triplet", "cmr")
+# Terms exact on a batch padded with a "valid" row mask: mlm (padding rows carry no labels), efa (valid=).
+VALID_MASK_TERMS = ("mlm", "efa")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +49,11 @@ class LossOptions:
   efa_margin_t2e: float = 0.1
   efa_margin_i2e: float = 0.9
   efa_lse_temperature: float = 1.0
+  efa_arithmetic: str = "released"  # "released" (FMFA code) | "paper" (the paper's equations); see losses.efa_loss
   efa_mask_padding: bool = False
+  mlm_head: str = "masked"  # "masked": vocabulary logits only at the labelled positions (exact); "full": everywhere
+  mlm_capacity: float = 0.25  # masked head: labelled positions gathered per group, as a fraction of its positions
+  mlm_group_rows: int = 8  # masked head: captions per capacity group
   triplet_margin: float = 0.2
   cmr_margin: float = 0.2
   cmr_floor: float = 0.05
@@ -83,6 +91,8 @@ def check_loss_options(loss: LossOptions, use_parts: bool) -> None:
     raise ValueError(f"config.loss weights must be >= 0, got {weights}")
   if not any(weights.values()):
     raise ValueError(f"config.loss: every loss weight is 0 ({weights})")
+  if loss.efa_arithmetic not in losses.EFA_ARITHMETIC:
+    raise ValueError(f"config.loss.efa_arithmetic must be one of {losses.EFA_ARITHMETIC}, got {loss.efa_arithmetic!r}")
   if loss.global_loss not in ("triplet", "sdm"):
     raise ValueError(f"config.loss.global_loss must be 'triplet' or 'sdm', got {loss.global_loss!r}")
   if loss.cmr and not use_parts:
@@ -116,12 +126,22 @@ def _ranked_embeddings(img: Mapping, txt: Mapping, loss: LossOptions) -> tuple[j
   return _f32(jnp.concatenate(ranked_v, axis=1)), _f32(jnp.concatenate(ranked_t, axis=1))
 
 
-def compute_losses(outputs: Mapping, batch: Mapping[str, jax.Array], loss: LossOptions,
-                   rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+def compute_losses(outputs: Mapping, batch: Mapping[str, jax.Array], loss: LossOptions, rng: jax.Array,
+                   mlm_logits_fn: Callable[[jax.Array], jax.Array] | None = None
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Model outputs (``RetrievalModel.__call__``) + train batch → (Σ weight·term f32 [], {term or accuracy: f32 []}).
 
-  rng: PRNG key for the negative mining of the triplet and CMR terms.
+  rng: PRNG key for the negative mining of the triplet and CMR terms. mlm_logits_fn: the model's MLM head
+  (cross-former output [..., W] → logits [..., V]), needed when the MLM term is on. A batch with a "valid" row mask
+  (the padded short last batch of ``config.data.drop_last=False``) is accepted only when every active term honours
+  it (``VALID_MASK_TERMS``), so no term silently trains on the padding rows.
   """
+  if "valid" in batch:
+    unmasked = [n for n in loss.active if n not in VALID_MASK_TERMS]
+    if unmasked:
+      raise NotImplementedError(
+          f"the batch carries a 'valid' mask (config.data.drop_last=False) but the term(s) {unmasked} do not honour it "
+          f"yet (only {VALID_MASK_TERMS} do); train with config.data.drop_last=True")
   pids = batch["pids"]
   img, txt = outputs["image"], outputs["text"]
   gv, gt = _f32(img["global"]), _f32(txt["global"])
@@ -147,15 +167,17 @@ def compute_losses(outputs: Mapping, batch: Mapping[str, jax.Array], loss: LossO
       part_logits = (img_logits[:, -num_parts:], txt_logits[:, -num_parts:])
 
   if loss.mlm:
-    logits, labels = _f32(outputs["mlm_logits"]), batch["mlm_labels"]
-    terms["mlm"] = losses.mlm_loss(logits, labels)
-    terms["mlm_acc"] = _accuracy(logits, labels, labels != 0)
+    if mlm_logits_fn is None:
+      raise ValueError("the MLM term needs mlm_logits_fn (the model's MLM head); see objectives.model_loss")
+    terms["mlm"], terms["mlm_acc"] = masked_mlm.mlm_terms(
+        outputs["mlm_hidden"], batch["mlm_labels"], mlm_logits_fn, head=loss.mlm_head, fraction=loss.mlm_capacity,
+        group_rows=loss.mlm_group_rows)
 
   if loss.efa:
     mask = (batch["caption_ids"] != 0) if loss.efa_mask_padding else None
     terms["efa"] = losses.efa_loss(_f32(txt["tokens"]), _f32(img["tokens"][:, 1:]), margin_t2e=loss.efa_margin_t2e,
                                    margin_i2e=loss.efa_margin_i2e, lse_temperature=loss.efa_lse_temperature,
-                                   text_mask=mask)
+                                   text_mask=mask, arithmetic=loss.efa_arithmetic, valid=batch.get("valid"))
 
   tri_key, cmr_key = jax.random.split(rng)
   if loss.triplet:
@@ -180,4 +202,9 @@ def model_loss(model, loss: LossOptions, params, batch: Mapping[str, jax.Array],
   """``model.apply`` on ``batch`` then ``compute_losses`` → (total f32 [], terms); the function the train step
   differentiates."""
   outputs = model.apply({"params": params}, batch, train=True)
-  return compute_losses(outputs, batch, loss, rng)
+  return compute_losses(outputs, batch, loss, rng, mlm_logits_fn=mlm_head_fn(model, params))
+
+
+def mlm_head_fn(model, params) -> Callable[[jax.Array], jax.Array]:
+  """The model's MLM head as a function: cross-former output [..., W] → f32 logits [..., V]."""
+  return lambda hidden: model.apply({"params": params}, hidden, method="mlm_logits")

@@ -1,15 +1,21 @@
-"""Shared base configuration: the IRRA/FMFA training recipe on CLIP ViT-B/16 at 384×128.
+"""Shared base configuration: IRRA's training recipe (methods.md §4) on CLIP ViT-B/16 at 384×128.
 
-Dataset files (configs/cuhk.py, icfg.py, rstp.py, synthetic.py) call ``get_config(method)`` and set the data fields.
-Every field can be overridden on the command line, e.g. ``--config=configs/cuhk.py:fmfa --config.optim.lr=5e-6``.
+``get_config(method)`` copies the method preset (``tpsearch_jax/models/presets.py``) into ``config.model`` /
+``config.loss`` and applies its recipe overrides ("section.field": value, e.g. FMFA HEAD's lr and single group) to the
+other sections. Dataset files (configs/cuhk.py, icfg.py, rstp.py, synthetic.py) call it, set the data fields and apply
+their per-method table with ``apply_per_method`` (e.g. the FMFA paper's ICFG-PEDES margins and 100 epochs). Every
+field can be overridden on the command line, e.g. ``--config=configs/cuhk.py:fmfa --config.optim.lr=5e-6``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import ml_collections
 from ml_collections import config_dict
 
-from tpsearch_jax.models.presets import method_preset
+from tpsearch_jax.models.presets import METHODS, method_preset
 from tpsearch_jax.training import optim
 
 
@@ -18,6 +24,29 @@ def _clip_vit_b16() -> dict:
               vision_heads=12, context_length=77, vocab_size=49408, text_width=512, text_layers=12, text_heads=8,
               vision_mlp_dim=config_dict.placeholder(int),  # MLP hidden widths; None = 4 x width
               text_mlp_dim=config_dict.placeholder(int))
+
+
+def apply_overrides(c: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str) -> None:
+  """Sets each "section.field" (dots nest) of ``overrides`` in ``c``; an unknown field raises naming ``where``."""
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split(".")
+    node = c
+    for name in parents:
+      if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
+        raise ValueError(f"{where}: {dotted!r} names no config section")
+      node = node[name]
+    if leaf not in node:
+      raise ValueError(f"{where}: {dotted!r} names no config field")
+    node[leaf] = value
+
+
+def apply_per_method(c: ml_collections.ConfigDict, table: Mapping[str, Mapping[str, Any]], method: str,
+                     where: str) -> None:
+  """Applies the entry of ``method`` of a dataset file's table {method: {"section.field": value}} (none: nothing)."""
+  unknown = sorted(set(table) - set(METHODS))
+  if unknown:
+    raise ValueError(f"{where}: per-method overrides for unknown method(s) {unknown}; known: {METHODS}")
+  apply_overrides(c, table.get(method, {}), f"{where}:{method}")
 
 
 def get_config(method: str = "irra") -> ml_collections.ConfigDict:
@@ -37,8 +66,8 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
   c.model.clip.image_size = image_size
   c.loss = ml_collections.ConfigDict()
   preset = method_preset(method)  # raises on an unknown method
-  c.model.update(preset.get("model", {}))
-  c.loss.update(preset.get("loss", {}))
+  c.model.update(preset["model"])
+  c.loss.update(preset["loss"])
 
   c.data = ml_collections.ConfigDict(dict(
       name="",  # cuhk_pedes | icfg_pedes | rstp_reid | synthetic_pedes
@@ -50,6 +79,10 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
       color_jitter=False,
       identity_sampler=False,
       num_instances=4,
+      # True: ⌊N/B⌋ full batches per epoch, the shuffled remainder dropped (one compiled step). False: the reference's
+      # ⌈N/B⌉ (PyTorch drop_last=False): the last batch is padded to B with a "valid" row mask, which every active
+      # loss must honour (objectives.VALID_MASK_TERMS; otherwise training stops with NotImplementedError).
+      drop_last=True,
       verify_images=True,  # pre-scan every image before the pipeline starts (a bad file is named up front)
       skip_corrupt=False,  # drop examples whose image is missing or does not decode (counted and logged)
       skip_missing=False,  # drop annotation records whose image file is missing (counted and logged)
@@ -67,7 +100,7 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
       weight_decay_bias=0.0, lr_factor=5.0, bias_lr_factor=2.0,
       # (regex on the "/"-joined param path, lr multiplier, weight decay), first match wins; numbers or optim field
       # names; () = one group with lr and wd on everything (FMFA HEAD). See tpsearch_jax.training.optim.
-      param_groups=optim.REFERENCE_GROUPS,
+      param_groups=optim.IRRA_GROUPS,
       grad_clip_norm=0.0,  # 0 = off (the reference does not clip)
   ))
   c.schedule = ml_collections.ConfigDict(dict(
@@ -97,4 +130,5 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
   c.init = ml_collections.ConfigDict(dict(
       clip=config_dict.placeholder(str),  # HF CLIP folder or OpenAI-layout .npz; None = random init
   ))
+  apply_overrides(c, preset["recipe"], f"models/presets.py:{method}")
   return c

@@ -39,17 +39,30 @@ def attention_fn(impl: str | None):
   return attend
 
 
+def torch_linear_bias_init(fan_in: int):
+  """PyTorch's default ``nn.Linear`` bias init, uniform(−1/√fan_in, 1/√fan_in), as a Flax initializer."""
+  bound = fan_in ** -0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockInit:
   """Normal(0, std) kernel inits for a residual block; blocks built without one keep Flax's defaults.
 
-  attn: q/k/v kernels; attn_out: attention output kernel; fc: MLP c_fc; proj: MLP c_proj. Biases stay zero.
+  attn: q/k/v kernels; attn_out: attention output kernel; fc: MLP c_fc; proj: MLP c_proj. Attention biases stay zero
+  (PyTorch's ``nn.MultiheadAttention`` zero-initialises in_proj_bias and out_proj.bias). MLP biases are zero, or with
+  ``linear_bias=True`` PyTorch's ``nn.Linear`` default uniform(±1/√fan_in) (IRRA re-initialises only the weights).
   """
 
   attn: float
   attn_out: float
   fc: float
   proj: float
+  linear_bias: bool = False
 
 
 def kernel_init(std: float | None) -> dict:
@@ -69,9 +82,12 @@ class MLP(nn.Module):
   def __call__(self, x):
     i = self.block_init
     hidden = 4 * self.width if self.hidden is None else self.hidden
-    x = nn.Dense(hidden, dtype=self.dtype, name="c_fc", **kernel_init(i and i.fc))(x)
+    torch_bias = bool(i and i.linear_bias)
+    fc_bias = {"bias_init": torch_linear_bias_init(x.shape[-1])} if torch_bias else {}
+    proj_bias = {"bias_init": torch_linear_bias_init(hidden)} if torch_bias else {}
+    x = nn.Dense(hidden, dtype=self.dtype, name="c_fc", **kernel_init(i and i.fc), **fc_bias)(x)
     x = quick_gelu(x)
-    return nn.Dense(self.width, dtype=self.dtype, name="c_proj", **kernel_init(i and i.proj))(x)
+    return nn.Dense(self.width, dtype=self.dtype, name="c_proj", **kernel_init(i and i.proj), **proj_bias)(x)
 
 
 class ResidualAttentionBlock(nn.Module):

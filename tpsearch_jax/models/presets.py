@@ -1,9 +1,13 @@
-"""Method presets: each method is what it changes in the model options and loss weights, not a separate code path.
+"""Method presets: each method is what it changes in the model options, loss weights and training recipe, not a
+separate code path.
 
 The defaults live in the option dataclasses (``ModelOptions``, ``PartOptions``, ``EmbedWeights``,
-``objectives.LossOptions``); a preset lists only what its method sets differently. ``method_preset(name)`` → the full
-``{"model": {...}, "loss": {...}}`` (defaults + overrides) that the base config copies into ``config.model`` /
-``config.loss``. Dataset configs override the dataset-specific values (e.g. FMFA paper margins).
+``objectives.LossOptions``) and, for the recipe (optimizer, schedule, data, train), in the base config
+(``tpsearch_jax/configs/base.py``, which is IRRA's recipe); a preset lists only what its method sets differently.
+``method_preset(name)`` → ``{"model": {...}, "loss": {...}, "recipe": {"section.field": value}}``: the full model and
+loss sections (defaults + overrides) that the base config copies into ``config.model`` / ``config.loss``, and the
+recipe overrides it applies to the other sections. Dataset configs (``configs/<dataset>.py``) then apply their
+per-method table (e.g. FMFA paper margins and epochs on ICFG-PEDES). Sources of every value: README "Methods".
 """
 
 from __future__ import annotations
@@ -13,25 +17,33 @@ import dataclasses
 
 from tpsearch_jax.models.retrieval import ModelOptions
 from tpsearch_jax.objectives import LossOptions
+from tpsearch_jax.training.optim import NEW_MODULE_GROUPS
 
 _PARTS = dict(use_parts=True)
 
-# name → (model overrides, loss overrides)
+# name → (model overrides, loss overrides, recipe overrides {"section.field": value} over the base config)
 _METHODS = {
-    # CLIP fine-tuning with SDM on the CLS / EOT features.
-    "clip": ({}, dict(sdm=1.0)),
-    # IRRA (anosorae/IRRA): SDM + ID + MLM through the cross-former, all weight 1.
-    "irra": ({}, dict(sdm=1.0, id=1.0, mlm=1.0)),
-    # FMFA as released (yinhao1102/FMFA HEAD): A-SDM α 0.1 with the raw-cosine gap, EFA margins 0.1/0.9, LSE t 1.
-    "fmfa": ({}, dict(asdm=1.0, id=1.0, mlm=1.0, efa=1.0)),
-    # FMFA paper (arXiv 2509.13754): A-SDM α 10 with the probability gap; EFA margins are the CUHK values.
+    # CLIP fine-tuning with SDM on the CLS / EOT features, IRRA's recipe.
+    "clip": ({}, dict(sdm=1.0), {}),
+    # IRRA (anosorae/IRRA @cfc2378): SDM + ID + MLM through the cross-former, all weight 1; the base recipe is IRRA's.
+    "irra": ({}, dict(sdm=1.0, id=1.0, mlm=1.0), {}),
+    # FMFA as released (yinhao1102/FMFA HEAD d0a3403, run.sh): A-SDM α 0.1 with the raw-cosine gap, EFA margins
+    # 0.1/0.9, LSE t 1, released EFA arithmetic; every parameter at lr 5e-6 with wd 4e-5 (groups commented out).
+    "fmfa": ({}, dict(asdm=1.0, id=1.0, mlm=1.0, efa=1.0),
+             {"optim.lr": 5e-6, "optim.param_groups": ()}),
+    # FMFA paper (arXiv 2509.13754): A-SDM Eq. 2 (α 10, probability gap); EFA with the paper's arithmetic, λ = 1 and
+    # the CUHK margins (configs/icfg.py, rstp.py set theirs); IRRA's optimizer, groups and schedule (the base recipe).
     "fmfa_paper": ({}, dict(asdm=1.0, id=1.0, mlm=1.0, efa=1.0, asdm_alpha=10.0, asdm_gap="prob",
-                            efa_margin_t2e=0.1, efa_margin_i2e=0.1)),
+                            efa_margin_t2e=0.1, efa_margin_i2e=0.1, efa_lse_temperature=1.0, efa_arithmetic="paper"),
+                   {}),
     # Park et al. (arXiv 2501.00318): max-pooled global + shared-decoder coarse + stripe parts; ID + triplet + CMR.
-    "pcc": (dict(_PARTS, global_pool="max"), dict(id=1.0, triplet=1.0, cmr=1.0)),
+    # Recipe: IRRA's, with ×lr_factor for every new module (our choice; the paper's optimizer is not used here).
+    "pcc": (dict(_PARTS, global_pool="max"), dict(id=1.0, triplet=1.0, cmr=1.0),
+            {"optim.param_groups": NEW_MODULE_GROUPS}),
     # FMFA objectives on the CLS / EOT global embedding + the part model: triplet on the coarse embeddings
-    # (global_loss "sdm" keeps the global embedding out of it), CMR on the parts.
-    "combined": (dict(_PARTS), dict(asdm=1.0, id=1.0, mlm=1.0, efa=1.0, triplet=1.0, cmr=1.0, global_loss="sdm")),
+    # (global_loss "sdm" keeps the global embedding out of it), CMR on the parts. Recipe as pcc.
+    "combined": (dict(_PARTS), dict(asdm=1.0, id=1.0, mlm=1.0, efa=1.0, triplet=1.0, cmr=1.0, global_loss="sdm"),
+                 {"optim.param_groups": NEW_MODULE_GROUPS}),
 }
 
 METHODS = tuple(_METHODS)
@@ -50,19 +62,20 @@ def loss_defaults() -> dict:
   return dataclasses.asdict(LossOptions())
 
 
-def method_overrides(name: str) -> tuple[dict, dict]:
-  """Method name → (model overrides, loss overrides): only what differs from the defaults."""
+def method_overrides(name: str) -> tuple[dict, dict, dict]:
+  """Method name → (model overrides, loss overrides, recipe overrides): only what differs from the defaults."""
   if name not in _METHODS:
     raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
   return copy.deepcopy(_METHODS[name])
 
 
 def method_preset(name: str) -> dict:
-  """Method name → {"model": dict (incl. "name"), "loss": dict}: defaults + overrides; fresh dicts on every call."""
-  model_over, loss_over = method_overrides(name)
+  """Method name → {"model": dict (incl. "name"), "loss": dict, "recipe": {"section.field": value}}: model and loss
+  are defaults + overrides, recipe only the overrides of the base config; fresh dicts on every call."""
+  model_over, loss_over, recipe = method_overrides(name)
   model = model_defaults()
   model.update(model_over, name=name)
-  return {"model": model, "loss": dict(loss_defaults(), **loss_over)}
+  return {"model": model, "loss": dict(loss_defaults(), **loss_over), "recipe": recipe}
 
 
 def tiny_model_config(method: str, num_classes: int = 8, vocab_size: int = 49408, dtype: str = "float32") -> dict:

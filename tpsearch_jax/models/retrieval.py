@@ -151,7 +151,8 @@ class RetrievalModel(nn.Module):
 
     {"image": image_embeddings(images), "text": text_embeddings(caption_ids),
      + "image_logits", "text_logits" f32 [B, M, K] (classifier on every piece) with the classifier,
-     + "mlm_logits" f32 [B, L, V] (cross-former on mlm_ids vs all image tokens) with the MLM head}.
+     + "mlm_hidden" [B, L, E] (cross-former on mlm_ids vs all image tokens) with the MLM head; ``mlm_logits``
+     projects it onto the vocabulary, where the objective chooses (``tpsearch_jax.masked_mlm``)}.
     """
     del train  # no dropout or other train-only behaviour
     batch_lib.check_train_batch(batch, ("images", "caption_ids", "pids") + (batch_lib.MLM_KEYS if self.heads.mlm
@@ -164,5 +165,11 @@ class RetrievalModel(nn.Module):
       out["text_logits"] = _f32(self.classifier(self._pieces(txt)))
     if self.heads.mlm:
       mlm_tokens, _ = self.clip.encode_text(batch["mlm_ids"])
-      out["mlm_logits"] = _f32(self.mlm_head(self.cross_former(mlm_tokens, img["tokens"])))
+      out["mlm_hidden"] = self.cross_former(mlm_tokens, img["tokens"])
+      if self.is_initializing():  # the head runs outside __call__ (objectives choose its positions): create its params
+        self.mlm_logits(out["mlm_hidden"][:, :1])
     return out
+
+  def mlm_logits(self, hidden: jax.Array) -> jax.Array:
+    """Cross-former output [..., E] → vocabulary logits f32 [..., V] (the MLM head)."""
+    return _f32(self.mlm_head(hidden))

@@ -8,12 +8,20 @@ matched with ``re.search`` against the parameter path joined by "/" (e.g. ``clip
 the first rule that matches decides the parameter's lr multiplier and weight decay, an unmatched parameter gets lr × 1
 and ``optim.weight_decay``. ``lr_mult`` / ``wd`` are numbers or names of ``config.optim`` fields (``"lr_factor"``,
 ``"weight_decay_bias"`` …), so the rules follow a command-line change of those fields. An empty sequence is one
-group. ``REFERENCE_GROUPS`` reproduces IRRA's ``build_optimizer`` as implemented here so far:
+group (FMFA HEAD: every parameter at lr, wd on all of them, biases included).
+
+``IRRA_GROUPS`` is IRRA's ``solver/build.py:build_optimizer`` (anosorae/IRRA @cfc2378; methods.md §4), whose rules
+test substrings of PyTorch parameter names, later rules overriding earlier ones:
 
   1. every parameter: lr × 1, wd = ``optim.weight_decay``;
-  2. outside ``params["clip"]`` (new modules): lr × ``optim.lr_factor``;
-  3. path contains "bias": lr × ``optim.bias_lr_factor``, wd = ``optim.weight_decay_bias`` (overrides 2);
-  4. path contains "classifier" or "mlm_head": lr × ``optim.lr_factor``, wd unchanged (so their biases: ×5, wd 0).
+  2. name contains "cross" (``cross_attn.*``, ``cross_modal_transformer.*`` = our ``cross_former/cross_attn/*``,
+     ``cross_former/transformer/*``): lr × ``optim.lr_factor``. The cross-former's own LayerNorms ``ln_pre_t``,
+     ``ln_pre_i``, ``ln_post`` have no "cross" in their IRRA names and stay at lr × 1;
+  3. name contains "bias": lr × ``optim.bias_lr_factor``, wd = ``optim.weight_decay_bias`` (overrides 2);
+  4. name contains "classifier" or "mlm_head": lr × ``optim.lr_factor``, wd unchanged (so their biases: ×5, wd 0).
+
+``NEW_MODULE_GROUPS`` (pcc, combined; our choice, no reference) gives every module outside ``params["clip"]`` the
+×``lr_factor`` of rule 2, with rules 3 and 4 as above.
 
 The schedule multiplies the base lr by a factor of the epoch e: linear warm-up from ``warmup_factor`` over
 ``warmup_epochs`` epochs, then a half cosine that reaches 0 at ``num_epochs`` (never at the last epoch). The reference
@@ -31,18 +39,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["REFERENCE_GROUPS", "create_optimizer", "group_rules", "group_table", "lr_factor", "make_schedule",
-           "param_group", "param_groups", "param_labels", "path_name"]
+__all__ = ["IRRA_GROUPS", "NEW_MODULE_GROUPS", "create_optimizer", "group_rules", "group_table", "lr_factor",
+           "make_schedule", "param_group", "param_groups", "param_labels", "path_name"]
 
 PyTree = Any
 Rule = tuple[str, Any, Any]
 
-REFERENCE_GROUPS: tuple[Rule, ...] = (
-    (r"(classifier|mlm_head).*bias", "lr_factor", "weight_decay_bias"),
-    (r"classifier|mlm_head", "lr_factor", "weight_decay"),
+IRRA_GROUPS: tuple[Rule, ...] = (
+    (r"^(classifier|mlm_head)/.*bias", "lr_factor", "weight_decay_bias"),
+    (r"^(classifier|mlm_head)/", "lr_factor", "weight_decay"),
     (r"bias", "bias_lr_factor", "weight_decay_bias"),
-    (r"^(?!clip/)", "lr_factor", "weight_decay"),
+    (r"^cross_former/(cross_attn|transformer)/", "lr_factor", "weight_decay"),
 )
+
+NEW_MODULE_GROUPS: tuple[Rule, ...] = IRRA_GROUPS[:3] + ((r"^(?!clip/)", "lr_factor", "weight_decay"),)
 
 
 def _path_names(path) -> tuple[str, ...]:
@@ -73,11 +83,11 @@ def _value(v, optim_config, where: str) -> float:
 def group_rules(optim_config) -> tuple[tuple[re.Pattern, float, float, str], ...]:
   """``config.optim.param_groups`` → ((compiled regex, lr multiplier, weight decay, regex text), ...).
 
-  Accepts the legacy booleans of older run configs: True = ``REFERENCE_GROUPS``, False = one group.
+  Accepts the legacy booleans of older run configs: True = ``IRRA_GROUPS``, False = one group.
   """
   rules = optim_config.param_groups
   if rules is True:
-    rules = REFERENCE_GROUPS
+    rules = IRRA_GROUPS
   elif rules is False or rules is None:
     rules = ()
   out = []

@@ -62,9 +62,13 @@ def train_table(records: Sequence[Any], config_data: Any, source: sources.Folder
 
 
 def _sampler(table: TrainTable, config_data: Any, global_batch_size: int, seed: int):
+  drop_last = bool(config_data.drop_last)
   if config_data.identity_sampler:
+    if not drop_last:
+      raise ValueError("config.data.drop_last=False (a short last batch) is implemented for the random sampler only; "
+                       "the identity sampler always fills whole batches")
     return samplers.IdentitySampler(table.pids, global_batch_size, int(config_data.num_instances), seed)
-  return samplers.RandomSampler(len(table.pids), global_batch_size, seed)
+  return samplers.RandomSampler(len(table.pids), global_batch_size, seed, drop_last)
 
 
 class TrainPipeline:
@@ -73,7 +77,8 @@ class TrainPipeline:
   ``steps_per_epoch``, ``num_examples`` (after skipped files) and ``num_skipped`` are known right away;
   ``iterator(start_step)`` builds the tf.data stream of this process's batches from ``start_step`` on. Batch (B =
   global_batch_size // process_count): images float32 [B, H, W, 3], caption_ids / mlm_ids / mlm_labels int32 [B, L],
-  pids / image_ids int32 [B].
+  pids / image_ids int32 [B]; with ``data.drop_last=False`` also valid bool [B] (False on the padding rows of the
+  short last batch of each epoch, whose mlm_labels are 0; see ``samplers.py``).
   """
 
   def __init__(self, records: Sequence[Any], config_data: Any, global_batch_size: int, seed: int, *,
@@ -91,6 +96,7 @@ class TrainPipeline:
     self.table, self.num_skipped = train_table(records, config_data, self.source)
     self.indexer = samplers.StepIndexer(_sampler(self.table, config_data, self.global_batch_size, self.seed))
     self.steps_per_epoch = self.indexer.sampler.steps_per_epoch
+    self.with_valid = not self.indexer.sampler.drop_last
     self.num_examples = len(self.table.keys)
     self._ops = image_ops.ImageOps(config_data.image_size)
     self._keys = tf.constant(self.table.keys.astype(str))
@@ -110,9 +116,11 @@ class TrainPipeline:
     indices = self.indexer.global_batch(int(step))
     ids = table.caption_ids[indices]  # the whole global batch, so masking does not depend on the process count
     mlm_ids, mlm_labels = masking.mask_tokens(ids, np.random.default_rng([self.seed % 2**63, int(step), 1]))
-    ids, mlm_ids, mlm_labels, indices = (a[lo:lo + local] for a in (ids, mlm_ids, mlm_labels, indices))
+    valid = self.indexer.global_valid(int(step))
+    mlm_labels = np.where(valid[:, None], mlm_labels, 0).astype(np.int32)  # padding rows: nothing to predict
+    ids, mlm_ids, mlm_labels, indices, valid = (a[lo:lo + local] for a in (ids, mlm_ids, mlm_labels, indices, valid))
     caption_ids = mlm_ids if self.config_data.caption_uses_mlm_ids else ids
-    return caption_ids, mlm_ids, mlm_labels, table.pids[indices], table.image_ids[indices]
+    return caption_ids, mlm_ids, mlm_labels, table.pids[indices], table.image_ids[indices], valid
 
   def dataset(self, start_step: int = 0) -> tf.data.Dataset:
     """Infinite tf.data.Dataset of this process's batches (see the class docstring) from ``start_step`` on."""
@@ -125,10 +133,13 @@ class TrainPipeline:
       return tuple(tf.ensure_shape(t, s) for t, s in zip(out, shapes))
 
     def text_tf(step):
-      out = tf.numpy_function(self._step_text, [step], [tf.int32] * 5, stateful=False)
-      shapes = [[local, length]] * 3 + [[local]] * 2
-      names = ("caption_ids", "mlm_ids", "mlm_labels", "pids", "image_ids")
-      return {n: tf.ensure_shape(t, s) for n, t, s in zip(names, out, shapes)}
+      out = tf.numpy_function(self._step_text, [step], [tf.int32] * 5 + [tf.bool], stateful=False)
+      shapes = [[local, length]] * 3 + [[local]] * 3
+      names = ("caption_ids", "mlm_ids", "mlm_labels", "pids", "image_ids", "valid")
+      batch = {n: tf.ensure_shape(t, s) for n, t, s in zip(names, out, shapes)}
+      if not self.with_valid:
+        del batch["valid"]
+      return batch
 
     def image_tf(index, *params):
       encoded = self.source.read(tf.gather(self._keys, index))
