@@ -90,7 +90,7 @@ def main() -> int:
     optimizer.zero_grad()
     total.backward()
     optimizer.step()
-    return float(total)
+    return float(total.detach())
 
   loss = step()
   info = {"side": "pytorch", "setup_s": time.perf_counter() - t0, "first_loss": loss, "torch": torch.__version__,

@@ -85,3 +85,21 @@ def test_top_ops_sums_device_op_lane(tmp_path):
 def test_unknown_skip_section_is_rejected():
   with pytest.raises(SystemExit):
     benchmark.parse_args(["--skip=train,bogus"])
+
+
+def test_accelerator_check_ci_path_writes_the_summary(tmp_path):
+  """benchmarks/accelerator_check.sh --preset=ci: every benchmark run of the script, then the merged table."""
+  out = tmp_path / "acc"
+  proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "accelerator_check.sh"), "--preset=ci", f"--out={out}",
+                         f"--python={sys.executable}"], env=_env(), cwd=ROOT, timeout=900, capture_output=True,
+                        text=True)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  for name in ("main", "xla_attention", "remat", "full_mlm_head"):
+    assert (out / f"{name}.json").is_file() and (out / f"{name}.md").is_file(), name
+  table = (out / "summary.md").read_text().splitlines()
+  rows = [line.split("|")[1:-1] for line in table if line.startswith("| clip |")]
+  # one train row per variant: (attention, remat, MLM head) = the script's four runs
+  assert sorted((r[1].strip(), r[2].strip(), r[3].strip()) for r in rows[:4]) == sorted(
+      [("xla", "False", "masked"), ("xla", "False", "masked"), ("xla", "True", "masked"), ("xla", "False", "full")])
+  assert all(float(r[6].replace(",", "")) > 0 for r in rows[:4])  # ms/step measured
+  assert any("ci" in line and "evaluation" not in line for line in table if line.startswith("| clip | ci"))

@@ -1,9 +1,11 @@
 """Text→image retrieval evaluation, separate from the trainer.
 
-Gallery images and query captions are encoded with the sharded model (each global batch split over the "data"
-axis), padded rows dropped with the pipeline's ``valid`` masks, and R@1/5/10, mAP, mINP computed on device with
-``tpsearch_jax.metrics`` (query blocks, no [Q, G] matrix). ``evaluate_splits`` runs it on several splits;
-``results.json`` in the work directory holds one row per evaluated split (``results_payload`` / ``report``).
+Gallery images and query captions are encoded with the sharded model (each global batch split over every device),
+padded rows dropped with the pipeline's ``valid`` masks, and R@1/5/10, mAP, mINP computed on device with
+``tpsearch_jax.metrics`` (query blocks, no [Q, G] matrix): the gallery replicated on the devices, the queries staying
+where they were read (each process scores its own on its own devices; the processes then add up a few sums).
+``evaluate_splits`` runs it on several splits; ``results.json`` in the work directory holds one row per evaluated
+split (``results_payload`` / ``report``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 from absl import logging
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tpsearch_jax import metrics as retrieval
 from tpsearch_jax import sharding as shd
@@ -27,18 +29,42 @@ METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 RESULTS_FILE = "results.json"
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-  """Global array → full numpy copy on every process."""
-  if x.is_fully_addressable:
-    return np.asarray(jax.device_get(x))
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+def _global_rows(local: np.ndarray, rows_per_batch: int) -> np.ndarray:
+  """This process's rows of every batch [num_batches · b, ...] → all processes' rows in global batch order
+  [num_batches · b · processes, ...] on every process. For O(N) vectors (pids, valid masks) only."""
+  if jax.process_count() == 1:
+    return local
+  every = np.asarray(multihost_utils.process_allgather(local))  # [processes, num_batches · b, ...]
+  p, n = every.shape[:2]
+  every = every.reshape(p, n // rows_per_batch, rows_per_batch, *every.shape[2:])
+  return np.swapaxes(every, 0, 1).reshape(p * n, *every.shape[3:])
+
+
+class MetricsError(ValueError):
+  """Retrieval metrics failed (non-finite scores, no positives); raised on every process alike."""
+
+
+def _sum_over_processes(x: np.ndarray) -> np.ndarray:
+  """float64 [k] summed over processes, bit-exact (sent as uint32 pairs: jax without x64 has no float64)."""
+  x = np.ascontiguousarray(x, np.float64)
+  if jax.process_count() == 1:
+    return x
+  words = np.asarray(multihost_utils.process_allgather(x.view(np.uint32)))  # [processes, 2k]
+  return np.ascontiguousarray(words, np.uint32).view(np.float64).reshape(jax.process_count(), -1).sum(axis=0)
 
 
 class Evaluator:
-  """Encodes with ``model.encode_images`` / ``encode_texts`` under ``mesh`` and scores retrieval."""
+  """Encodes with ``model.encode_images`` / ``encode_texts`` under ``mesh`` and scores retrieval.
+
+  At scale (several processes, large galleries) nothing of size Q×G is ever formed, and no embedding matrix is
+  gathered to a host: the gallery [G, D] is replicated on the devices (as the metric algorithm needs), each process
+  scores only its own queries (the rows of the query batches it read) on its own devices, and the processes exchange
+  eight numbers per split. Only the O(G) gallery pids are gathered.
+  """
 
   def __init__(self, model, mesh: Mesh, params_sharding: Any, block_size: int = 256):
     self.mesh = mesh
+    self.local_mesh = shd.local_mesh(mesh)
     self.block_size = int(block_size)
     batch = shd.batch_sharding(mesh)
 
@@ -49,46 +75,91 @@ class Evaluator:
     self._encode = {"images": encoder("encode_images"), "caption_ids": encoder("encode_texts")}
     self._select = {}
 
-  def _gather_valid(self, embs: list[jax.Array], idx: np.ndarray, shard_rows: bool) -> jax.Array:
-    """Concatenated embeddings [N, D] → rows ``idx`` [n, D], split over "data" or replicated."""
-    out = shd.batch_sharding(self.mesh) if shard_rows else shd.replicated(self.mesh)
-    key = (len(embs), len(idx), shard_rows)
+  def _take(self, embs: list[jax.Array], idx: np.ndarray, out: NamedSharding) -> jax.Array:
+    """Concatenated embeddings [N, D] → rows ``idx`` [n, D] with sharding ``out``."""
+    key = (len(embs), len(idx), out)
     if key not in self._select:
       self._select[key] = jax.jit(lambda es, i: jnp.take(jnp.concatenate(es, axis=0), i, axis=0), out_shardings=out)
     return self._select[key](embs, jnp.asarray(idx, jnp.int32))
 
-  def encode(self, params, batches: Iterable[Mapping[str, np.ndarray]], key: str,
-             shard_rows: bool = False) -> tuple[jax.Array, np.ndarray]:
-    """Local numpy batches with ``key`` ("images"|"caption_ids"), "pids", "valid" → (emb [n, D'], pids int [n])."""
+  def _encode_batches(self, params, batches, key: str):
+    """→ (global embeddings per batch, local numpy pids [n_local_rows], local valid [n_local_rows])."""
     embs, pids, valid = [], [], []
     for b in batches:
       missing = {key, "pids", "valid"} - set(b)
       if missing:
         raise KeyError(f"evaluation batch lacks {sorted(missing)} (present: {sorted(b)})")
-      g = shd.to_global({key: b[key], "pids": b["pids"], "valid": b["valid"]}, self.mesh)
-      embs.append(self._encode[key](params, g[key]))
-      pids.append(g["pids"])
-      valid.append(g["valid"])
+      embs.append(self._encode[key](params, shd.to_global({key: b[key]}, self.mesh)[key]))
+      pids.append(np.asarray(b["pids"]))
+      valid.append(np.asarray(b["valid"], bool))
     if not embs:
       raise ValueError(f"evaluation produced no {key} batches")
-    pids_h = np.concatenate([_to_host(p) for p in pids])
-    valid_h = np.concatenate([_to_host(v) for v in valid]).astype(bool)
-    idx = np.flatnonzero(valid_h)
-    if shard_rows and len(idx) % self.mesh.size:
-      shard_rows = False
-    return self._gather_valid(embs, idx, shard_rows), pids_h[idx]
+    return embs, np.concatenate(pids), np.concatenate(valid)
+
+  def encode(self, params, batches: Iterable[Mapping[str, np.ndarray]], key: str,
+             shard_rows: bool = False) -> tuple[jax.Array, np.ndarray]:
+    """Local numpy batches with ``key`` ("images"|"caption_ids"), "pids", "valid" → (emb [n, D'], pids int [n]) of
+    every process's valid rows: global, replicated on every device (or split over the mesh with ``shard_rows`` when
+    n divides evenly). The gallery side of the evaluation."""
+    embs, pids, valid = self._encode_batches(params, batches, key)
+    both = _global_rows(np.stack([pids.astype(np.int32), valid.astype(np.int32)], axis=1), len(valid) // len(embs))
+    pids_h, idx = both[:, 0], np.flatnonzero(both[:, 1])
+    shard_rows = shard_rows and len(idx) % self.mesh.size == 0
+    out = shd.batch_sharding(self.mesh) if shard_rows else shd.replicated(self.mesh)
+    return self._take(embs, idx, out), pids_h[idx]
+
+  def encode_local(self, params, batches: Iterable[Mapping[str, np.ndarray]],
+                   key: str) -> tuple[jax.Array | None, np.ndarray, int]:
+    """Like ``encode`` but → (emb [n_local, D'] of THIS process's valid rows on its own devices (split over them
+    when n_local divides evenly, else replicated; None when n_local = 0), their pids [n_local], local rows read).
+    The query side: nothing leaves the process."""
+    embs, pids, valid = self._encode_batches(params, batches, key)
+    idx = np.flatnonzero(valid)
+    if not len(idx):
+      return None, pids[idx], len(valid)
+    local = [shd.local_rows(e, self.local_mesh) for e in embs]
+    split = len(idx) % self.local_mesh.size == 0
+    out = NamedSharding(self.local_mesh, P(shd.DATA) if split else P())
+    return self._take(local, idx, out), pids[idx], len(valid)
+
+  def _local_sums(self, queries, query_pids, gallery, gallery_pids) -> np.ndarray:
+    """float64 [8]: queries with a positive, Σ R1, R5, R10, AP, INP hits (fractions), queries without, error flag."""
+    has = np.isin(query_pids, gallery_pids)
+    out = np.zeros(8)
+    out[6] = float((~has).sum())
+    if not has.any():
+      return out
+    try:
+      r = retrieval.retrieval_metrics_from_embeddings(queries, shd.local_copy(gallery, self.local_mesh), query_pids,
+                                                      gallery_pids, block_size=self.block_size, return_counts=True)
+    except ValueError as e:
+      logging.error("retrieval metrics failed on process %d: %s", jax.process_index(), e)
+      out[7] = 1.0
+      return out
+    n = float(r["num_queries"])
+    out[:6] = [n, *(r[k] * n / 100.0 for k in METRIC_KEYS)]
+    return out
 
   def evaluate(self, params, image_batches, text_batches) -> dict[str, float | int]:
-    """Gallery/query batches → {"R1","R5","R10","mAP","mINP" (percent), "num_queries", "num_gallery"}."""
+    """Gallery/query batches → {"R1","R5","R10","mAP","mINP" (percent), "num_queries", "num_gallery",
+    "num_queries_without_positive"}; every process gets the same row."""
     gallery, gallery_pids = self.encode(params, image_batches, "images")
-    shard_queries = jax.process_count() == 1  # per-query outputs must be addressable for the host summary
-    queries, query_pids = self.encode(params, text_batches, "caption_ids", shard_rows=shard_queries)
-    result = retrieval.retrieval_metrics_from_embeddings(queries, gallery, query_pids, gallery_pids,
-                                                         block_size=self.block_size, return_counts=True)
-    row = {k: float(result[k]) for k in METRIC_KEYS}
-    row["num_queries"] = int(len(query_pids))
+    queries, query_pids, rows = self.encode_local(params, text_batches, "caption_ids")
+    logging.info("process %d/%d scores its %d queries (of %d rows read) against the %d gallery items on %d devices",
+                 jax.process_index(), jax.process_count(), len(query_pids), rows, len(gallery_pids),
+                 self.local_mesh.size)
+    total = _sum_over_processes(np.append(self._local_sums(queries, query_pids, gallery, gallery_pids),
+                                          len(query_pids)))
+    with_pos, sums, without, failed, num_queries = total[0], total[1:6], total[6], total[7], total[8]
+    if failed:
+      raise MetricsError(f"retrieval metrics failed on {int(failed)} process(es); see the error logged above or in "
+                         "the other processes' logs")
+    if not with_pos:
+      raise MetricsError(f"retrieval metrics: none of the {int(num_queries)} queries has a gallery item with its pid")
+    row = {k: float(100.0 * v / with_pos) for k, v in zip(METRIC_KEYS, sums)}
+    row["num_queries"] = int(num_queries)
     row["num_gallery"] = int(len(gallery_pids))
-    row["num_queries_without_positive"] = int(result.get("num_queries_without_positive", 0))
+    row["num_queries_without_positive"] = int(without)
     return row
 
 

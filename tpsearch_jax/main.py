@@ -1,8 +1,17 @@
-"""Entry point: ``python -m tpsearch_jax.main --config=configs/cuhk.py:irra --workdir=DIR [--mode=train|eval]``."""
+"""Entry point: ``python -m tpsearch_jax.main --config=configs/cuhk.py:irra --workdir=DIR [--mode=train|eval]``.
+
+Several processes (hosts, or processes on one machine) run the same command; ``jax.distributed`` connects them when
+launched as one of several (see ``_distributed_kwargs`` and launch/README.md). A process that dies stops the others:
+the coordinator notices its missing heartbeats (``--heartbeat_timeout_s``) and every process exits with "the JAX
+distributed service detected fatal errors ... another task died"; an error raised in one process exits it at once
+(without the shutdown barrier), which the others see the same way. Rerunning the same command resumes.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+import traceback
 
 import jax
 from absl import app, flags, logging
@@ -13,29 +22,49 @@ from tpsearch_jax.training import eval_only, trainer
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.json.", required=True)
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes from --workdir) or eval only.")
+flags.DEFINE_integer("heartbeat_timeout_s", 100, "Several processes: a process silent for this long counts as dead "
+                     "and every process stops.")
+flags.DEFINE_integer("initialization_timeout_s", 300, "Several processes: how long to wait for all to connect.")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cuhk.py:irra.", lock_config=True)
 
 
-def _maybe_initialize_distributed() -> None:
-  """jax.distributed.initialize() when launched as one of several processes.
+def _distributed_kwargs() -> dict | None:
+  """Arguments for jax.distributed.initialize() when launched as one of several processes, else None.
 
-  Triggers: TPSEARCH_DISTRIBUTED=1 (the launch/ scripts; cluster auto-detection), JAX_COORDINATOR_ADDRESS (+
-  JAX_NUM_PROCESSES, JAX_PROCESS_ID), or a multi-task SLURM / Open MPI job, or a multi-host TPU slice.
+  Triggers: JAX_COORDINATOR_ADDRESS (host:port of process 0, with JAX_NUM_PROCESSES and JAX_PROCESS_ID),
+  TPSEARCH_DISTRIBUTED=1 (the launch/ scripts: cluster auto-detection), a multi-task SLURM / Open MPI job, or a
+  multi-host TPU slice.
   """
-  if os.environ.get("TPSEARCH_DISTRIBUTED") == "1" and not os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
-  elif os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    n, i = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
-    jax.distributed.initialize(num_processes=int(n) if n else None, process_id=int(i) if i else None)
-  elif any(int(os.environ.get(k, "1") or 1) > 1 for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")) or \
-      "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
-    jax.distributed.initialize()  # cluster auto-detection
+  env = os.environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    n, i = env.get("JAX_NUM_PROCESSES"), env.get("JAX_PROCESS_ID")
+    return dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"], num_processes=int(n) if n else None,
+                process_id=int(i) if i else None)
+  if env.get("TPSEARCH_DISTRIBUTED") == "1":
+    return {}
+  if any(int(env.get(k, "1") or 1) > 1 for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")) or \
+      "," in env.get("TPU_WORKER_HOSTNAMES", ""):
+    return {}  # cluster auto-detection
+  return None
 
 
-def main(argv) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  _maybe_initialize_distributed()
+def _maybe_initialize_distributed() -> bool:
+  """jax.distributed.initialize() when launched as one of several processes; → whether it was."""
+  kwargs = _distributed_kwargs()
+  if kwargs is None:
+    return False
+  if os.environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu" and \
+      jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo (TCP)
+  jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s,
+                             initialization_timeout=FLAGS.initialization_timeout_s)
+  logging.info("jax.distributed: process %d of %d (coordinator %s); a process silent for %d s stops all of them; "
+               "rerun the same command to resume", jax.process_index(), jax.process_count(),
+               kwargs.get("coordinator_address", "auto-detected"), FLAGS.heartbeat_timeout_s)
+  return True
+
+
+def _run() -> int:
   logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.default_backend())
   if FLAGS.mode == "eval":
@@ -43,6 +72,28 @@ def main(argv) -> int:
     return 0
   result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   return 143 if result.get("preempted") else 0
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _maybe_initialize_distributed() or jax.process_count() == 1:
+    return _run()
+  try:
+    return _run()
+  except trainer.COLLECTIVE_ERRORS:
+    raise  # every process raised it: they leave through the shutdown barrier together
+  except BaseException as e:  # pylint: disable=broad-except
+    # Only this process failed. The normal exit waits at the shutdown barrier for the others, which wait for this
+    # one in their next collective: exit now, so the coordinator sees this process gone and stops the others.
+    logging.error("process %d/%d failed: %s\n%s", jax.process_index(), jax.process_count(), e,
+                  "".join(traceback.format_exception(e)))
+    logging.error("exiting process %d without the shutdown barrier: the other processes stop within the heartbeat "
+                  "timeout (%d s); rerun the same command to resume", jax.process_index(), FLAGS.heartbeat_timeout_s)
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130 if isinstance(e, KeyboardInterrupt) else 1)
 
 
 if __name__ == "__main__":

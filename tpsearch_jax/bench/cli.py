@@ -37,6 +37,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                  help="compute dtype; auto = bfloat16 on GPU/TPU, float32 on CPU")
   p.add_argument("--remat", action=argparse.BooleanOptionalAction, default=False, help="rematerialise blocks")
+  p.add_argument("--mlm_head", default=None, choices=["masked", "full"],
+                 help="MLM vocabulary projection at the labelled positions or everywhere (default: the config's)")
   p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=False,
                  help="shard params and optimizer state over the devices")
   p.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"],

@@ -102,6 +102,8 @@ def method_config(method: str, preset: Preset, args, attention: str = "xla") -> 
     config.model.attention_impl = None if attention == "xla" else attention
     config.train.batch_size = int(args.batch_size or preset.batch_size)
     config.train.fsdp = bool(args.fsdp)
+    if getattr(args, "mlm_head", None):
+      config.loss.mlm_head = args.mlm_head
     config.eval.batch_size = int(args.eval_batch_size or preset.eval_batch_size)
   return resolve_config(config)
 
@@ -110,7 +112,7 @@ def config_summary(config, **extra) -> dict:
   """The record config of a method run: method, batch, dtype, remat, fsdp, attention and the model's size."""
   c = config.model.clip
   return {"method": config.model.name, "batch_size": int(config.train.batch_size), "dtype": config.model.dtype,
-          "remat": bool(config.model.remat), "fsdp": bool(config.train.fsdp),
+          "remat": bool(config.model.remat), "fsdp": bool(config.train.fsdp), "mlm_head": config.loss.mlm_head,
           "attention": config.model.attention_impl or "xla",
           "model": f"ViT w{c.vision_width}×{c.vision_layers} p{c.patch_size} @ {c.image_size[0]}×{c.image_size[1]}, "
                    f"text w{c.text_width}×{c.text_layers}, E{c.embed_dim}", **extra}

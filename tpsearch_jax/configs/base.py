@@ -115,10 +115,13 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       async_checkpointing=True,
       prefetch=2,
-      fsdp=False,  # shard params and optimizer state along "data" (largest divisible dim)
-      fsdp_min_size=2 ** 14,
+      fsdp=False,  # True = FSDP over every device (shorthand for mesh.data=1, mesh.fsdp=-1)
+      fsdp_min_size=2 ** 14,  # arrays with fewer elements stay replicated under FSDP
       profile=False,  # CLU profiler trace of a few steps into the workdir
   ))
+  # Device mesh (tpsearch_jax/sharding.py): the batch is split over data × fsdp devices; params and optimizer state
+  # are sharded over "fsdp" (largest divisible dim) and replicated over "data". -1 = the rest of the devices.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   c.eval = ml_collections.ConfigDict(dict(
       select_on=config_dict.FieldReference("val", field_type=str),  # "val" | "test" (reproduction only) | "none"
       splits=("val", "test"),  # evaluated at the end with the selected checkpoint

@@ -1,7 +1,10 @@
 """Checkpoints in the work directory (orbax ``CheckpointManager``, v0 args API) and SIGTERM handling.
 
 Layout: ``WORKDIR/checkpoints/<step>/`` keeps the last ``keep`` saves; ``WORKDIR/best/<step>/`` keeps the single best
-one by the selection metric. Each holds ``state`` (the TrainState arrays, restored with their shardings) and ``meta``
+one by the selection metric. With several processes every one of them saves and restores collectively (same calls,
+same order); the work directory must be shared (a network file system or a ``gs://`` bucket). A checkpoint restores
+onto any mesh: arrays are read with the shardings of the abstract state given to ``restore`` (other process or
+device counts, replicated ↔ FSDP). Each holds ``state`` (the TrainState arrays, restored with their shardings) and ``meta``
 (JSON: step, epoch, data position, rng, best-so-far). The input pipeline is a function of (seed, step), so the data
 position is the step.
 """
@@ -58,8 +61,11 @@ class Checkpointer:
     self.workdir = workdir
 
     def manager(sub, max_to_keep):
-      options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             enable_async_checkpointing=async_save)
+      # Several processes: every process calls save/restore (each writes its own shards, process 0 the metadata
+      # and the JSON). The two managers may save the same step at once, so their barrier names need a prefix.
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0, barrier_sync_key_prefix=sub))
       return ocp.CheckpointManager(os.path.join(workdir, sub), options=options)
 
     self._managers = {LAST: manager(LAST, max(int(keep), 1)), BEST: manager(BEST, 1)}

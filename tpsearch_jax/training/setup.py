@@ -64,10 +64,12 @@ def build_setup(config, workdir: str, *, train: bool, config_file: str = "config
   warn_if_test_selection(config)
   if config.eval.select_on == "val" and not ann.spec.has_val:
     raise ValueError(f"{ann.spec.display_name} has no val split: set --config.eval.select_on=none or =test")
-  mesh = shd.create_mesh()
+  mesh = shd.mesh_from_config(config)
   check_parallelism(config, mesh)
-  logging.info("Mesh %s over %d devices (%d processes); backend %s; compute dtype %s", dict(mesh.shape),
-               mesh.size, jax.process_count(), jax.default_backend(), config.model.dtype)
+  logging.info("Mesh %s over %d devices (%d processes); params over %s; backend %s; compute dtype %s",
+               dict(mesh.shape), mesh.size, jax.process_count(),
+               shd.param_axes(mesh, bool(config.train.fsdp)) or "no axis (replicated)", jax.default_backend(),
+               config.model.dtype)
   model = build_model(config)
   train_data, steps_per_epoch = None, 1
   if train:

@@ -30,6 +30,11 @@ class NonFiniteLossError(FloatingPointError):
   """The total loss became NaN/Inf; the message names the step and the offending terms."""
 
 
+# Raised by every process at the same point (they follow replicated values), so the processes can still finish their
+# collective work (pending checkpoint writes) together. Any other error stops only the process that raised it.
+COLLECTIVE_ERRORS = (NonFiniteLossError, eval_lib.MetricsError)
+
+
 def summarize_train_metrics(pending: Sequence[tuple[int, Mapping[str, jax.Array]]]) -> dict[str, float]:
   """[(step, metrics)] since the last log → mean per key; raises NonFiniteLossError at the first bad step."""
   host = jax.device_get([m for _, m in pending])
@@ -65,6 +70,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(s.config.train.keep_checkpoints),
                                        async_save=bool(s.config.train.async_checkpointing))
+  alone = False  # an error on this process only: the others will not join collective checkpoint work
   try:
     state, step, best = _restore_or_init(s, checkpointer, writer)
     state, step, preempted = _train_loop(s, workdir, writer, checkpointer, state, step, best, callbacks)
@@ -74,9 +80,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     payload = _final_evaluation(s, writer, checkpointer, state, step)
     eval_lib.report(workdir, payload)
     return payload
+  except BaseException as e:
+    alone = jax.process_count() > 1 and not isinstance(e, COLLECTIVE_ERRORS)
+    raise
   finally:  # also on errors (non-finite loss, …): pending checkpoint writes complete, metrics are flushed
     writer.flush()
-    checkpointer.close()
+    if alone:
+      logging.error("process %d stops alone: pending checkpoint writes are abandoned (the last complete checkpoint "
+                    "stays)", jax.process_index())
+    else:
+      checkpointer.close()
 
 
 def _restore_or_init(s: Setup, checkpointer, writer):
@@ -147,6 +160,7 @@ def _train_loop(s: Setup, workdir, writer, checkpointer, state, step: int, best:
       return False
     return bool(multihost_utils.process_allgather(np.asarray(flag.requested)).any())
 
+  _log_data_slice(s.train_data, step)
   batches = shd.prefetch_to_mesh(s.train_data.iterator(step), mesh, int(config.train.prefetch))
   last_saved = step if checkpointer.latest_step() == step else None
   with ckpt_lib.PreemptionFlag() as flag:
@@ -190,6 +204,14 @@ def _train_loop(s: Setup, workdir, writer, checkpointer, state, step: int, best:
   if last_saved != step:
     save(step)
   return state, step, False
+
+
+def _log_data_slice(data, step: int) -> None:
+  """One line per process: which rows of every global batch it reads, and the examples of the first batch."""
+  lo = data.process_index * data.local_batch_size
+  logging.info("process %d/%d reads rows %d:%d of every global batch of %d; step %d examples: %s",
+               jax.process_index(), jax.process_count(), lo, lo + data.local_batch_size, data.global_batch_size, step,
+               data.local_indices(step).tolist())
 
 
 def _final_evaluation(s: Setup, writer, checkpointer, state, step: int) -> dict:
