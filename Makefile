@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: env test demo benchmark clean
+.PHONY: env browser test demo benchmark clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@PYBIN=$$(tools/find_python.sh) || exit 1; \
@@ -14,7 +14,19 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-env: $(VENV)/.installed
+env: $(VENV)/.installed browser
+
+# Headless Chromium + its driver for tests/test_browser.py (Debian packages; as root, else through sudo).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else \
+	    echo "warning: not root and no sudo: install chromium and chromium-driver for tests/test_browser.py"; exit 0; fi; \
+	  command -v apt-get >/dev/null || { echo "warning: no apt-get: install chromium + chromedriver yourself"; exit 0; }; \
+	  echo "installing chromium + chromium-driver (apt-get; the browser test needs them)"; \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null || \
+	    { echo "error: apt-get install chromium chromium-driver failed"; exit 1; }; \
+	fi
 
 test: env
 	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests

@@ -65,11 +65,15 @@ def make_jpegs(folder: str, n: int, seed: int = 0) -> list[str]:
   return paths
 
 
-def bench_pipeline(num_images: int, batch: int, steps: int, image_size: tuple[int, int]) -> dict[str, float]:
+def bench_pipeline(num_images: int, batch: int, steps: int, image_size: tuple[int, int],
+                   parallel: int = -1) -> dict[str, float]:
+  """images/s of the train and eval pipelines with ``parallel`` map calls and as many threads (-1: AUTOTUNE, all
+  cores)."""
   from tpsearch_jax.data import input_pipeline as ip  # noqa: PLC0415 - TF only for this part
 
   cfg = base.get_config("irra").data  # the training recipe's data settings
-  cfg.image_size, cfg.context_length, cfg.num_parallel_calls = image_size, 77, -1
+  cfg.image_size, cfg.context_length, cfg.num_parallel_calls = image_size, 77, parallel
+  cfg.num_threads = max(parallel, 0)  # a private pool of that many threads; 0 = TF's shared pool
   with tempfile.TemporaryDirectory() as tmp:
     paths = make_jpegs(tmp, num_images)
     kb = np.mean([os.path.getsize(p) for p in paths]) / 1024
@@ -109,12 +113,18 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--steps", type=int, default=100)
   parser.add_argument("--image_size", type=int, nargs=2, default=(384, 128))
+  parser.add_argument("--parallel_calls", default="-1",
+                      help="comma-separated num_parallel_calls (= threads) to sweep, -1 = AUTOTUNE on all cores")
   args = parser.parse_args()
   print(f"host: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
   if args.what in ("all", "tokenizer"):
     bench_tokenizer(args.captions)
   if args.what in ("all", "pipeline"):
-    bench_pipeline(args.num_images, args.batch, args.steps, tuple(args.image_size))
+    for n in (int(x) for x in args.parallel_calls.split(",")):
+      print(f"num_parallel_calls {n}:")
+      out = bench_pipeline(args.num_images, args.batch, args.steps, tuple(args.image_size), n)
+      if n > 0:
+        print(f"pipeline {'train_images_per_s_per_thread':>24}: {out['train_images_per_s'] / n:,.1f}")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,19 @@ augmentation, as the towers start from random weights.
 
     python -m tpsearch_jax.main --config=configs/synthetic.py --workdir=/tmp/tpsearch_synthetic
     python -m tpsearch_jax.main --config=configs/synthetic.py:fmfa --workdir=/tmp/tpsearch_synthetic_fmfa
+    python -m tpsearch_jax.main --config=configs/synthetic.py:pcc_paper_vit --workdir=/tmp/tpsearch_synthetic_vit
+
+The paper backbones (pcc_paper_vit / pcc_paper_rn50) get towers of the same size (BERT / ViT width 128, 2 layers;
+a 4-stage ResNet of widths 32-256, one block each) and the package's tiny WordPiece vocabulary; from random weights
+every tower trains (the BatchNorm statistics stay frozen at their initial 0 / 1), with the lineage's step schedule
+scaled to the 12 epochs.
 """
 
 from __future__ import annotations
 
 from tpsearch_jax.configs import base
+from tpsearch_jax.models.bert.tokenizer import TINY_VOCAB
+from tpsearch_jax.training import optim
 
 
 def get_config(method: str = "irra"):
@@ -38,4 +46,20 @@ def get_config(method: str = "irra"):
   c.train.keep_checkpoints = 1
   c.eval.batch_size = 128
   c.eval.every_epochs = 3
+  if c.model.backbone != "clip":
+    _small_paper_backbones(c)
   return c
+
+
+def _small_paper_backbones(c) -> None:
+  """Towers of the CLIP ones' size, the tiny vocabulary, every tower trained (BERT too: it starts random)."""
+  vocab = len(TINY_VOCAB.read_text().splitlines())
+  c.data.tokenizer_path = str(TINY_VOCAB)
+  c.model.embed_dim = 128
+  c.model.bert.update(dict(vocab_size=vocab, hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512,
+                           max_position_embeddings=64))
+  c.model.vit.update(dict(patch_size=8, hidden_size=128, num_layers=2, num_heads=4, mlp_dim=512))
+  c.model.resnet.update(dict(embedding_size=16, hidden_sizes=(32, 64, 128, 256), depths=(1, 1, 1, 1)))
+  c.optim.lr = 1e-3
+  c.optim.param_groups = optim.PAPER_GROUPS[:1]  # only the BatchNorm statistics stay fixed
+  c.schedule.milestones = (8, 10)

@@ -138,7 +138,7 @@ def test_unknown_optimizer_and_schedule_rejected():
   with pytest.raises(ValueError, match="only 'adam'"):
     optim.create_optimizer(config, 10)
   config = _config()
-  config.schedule.name = "step"
+  config.schedule.name = "linear"  # "step" (MultiStepLR) is a schedule now: pcc_paper_*
   with pytest.raises(ValueError, match="schedule.name"):
     optim.make_schedule(config, 10)
 

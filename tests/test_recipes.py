@@ -224,10 +224,38 @@ def test_pipeline_short_batch_carries_the_valid_mask(tmp_path):
   assert "valid" not in full and ip.train_iterator(records, fx.data_config(image_size=(16, 8)), 4, 0).steps_per_epoch == 2
 
 
-def test_losses_refuse_a_masked_batch_they_cannot_honour():
-  loss = objectives.LossOptions(sdm=1.0)
-  e = jnp.ones((2, 4))
-  outputs = {"image": {"global": e}, "text": {"global": e}}
-  batch = {"pids": jnp.arange(2), "valid": jnp.array([True, False])}
-  with pytest.raises(NotImplementedError, match=r"\['sdm'\].*drop_last=True"):
-    objectives.compute_losses(outputs, batch, loss, jax.random.key(0))
+@pytest.mark.parametrize("method", ["irra", "combined"])  # between them every term but ITC (tests/test_loss_masks)
+def test_a_padded_short_batch_trains_like_the_unpadded_batch(method):
+  """drop_last=False: a full preset's train step (model_loss + gradient) on the short batch padded to B with the
+  sampler's repeats and the pipeline's zeroed padding labels + ``valid`` equals the step on the short batch alone."""
+  from tpsearch_jax.models import model_options
+  n, b = 5, 8
+  cfg = tiny_model_config(method)
+  cfg["model"]["clip"].update(vision_layers=1, text_layers=1)
+  cfg["model"]["cross_layers"] = 1
+  c = load("cuhk", method)
+  c.model.clip.image_size, c.data.image_size, c.model.num_classes = (48, 16), (48, 16), 3
+  short = batch_lib.fake_train_batch(c, n, seed=1)
+  assert len(set(short["pids"].tolist())) > 1 and short["mlm_labels"].any()
+  rows = np.arange(b) % n  # samplers.StepIndexer.global_batch: the short batch cycled to B rows
+  padded = {k: v[rows] for k, v in short.items()}
+  padded["valid"] = np.arange(b) < n
+  padded["mlm_labels"] = np.where(padded["valid"][:, None], padded["mlm_labels"], 0)
+  model, loss = build_model(cfg), model_options(cfg)[2]
+  assert set(loss.active) <= set(objectives.VALID_MASK_TERMS)
+  key = jax.random.key(0)
+  fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}  # numerics, not speed
+  params = jax.jit(lambda x: model.init({"params": key, "mining": key, "dropout": key}, x)["params"],
+                   compiler_options=fast)(short)
+  step = jax.jit(jax.value_and_grad(lambda p, x: objectives.model_loss(model, loss, p, x, jax.random.key(3)),
+                                    has_aux=True), compiler_options=fast)
+  (total, terms), grads = step(params, short)
+  (total_pad, terms_pad), grads_pad = step(params, padded)
+  assert set(terms_pad) == set(terms) and set(loss.active) <= set(terms)
+  for name in terms:
+    np.testing.assert_allclose(terms_pad[name], terms[name], rtol=2e-5, atol=1e-7, err_msg=name)
+  np.testing.assert_allclose(total_pad, total, rtol=2e-5)
+  flat, flat_pad = jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads_pad)
+  scale = max(float(np.abs(np.asarray(g)).max()) for _, g in flat)  # e.g. attention key biases: 0 up to rounding
+  for (path, g), g_pad in zip(flat, flat_pad):
+    np.testing.assert_allclose(g_pad, g, rtol=1e-3, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))

@@ -6,13 +6,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
+from absl import flags
 from PIL import Image
 
+import search_fixtures
 from tpsearch_jax import search
+from tpsearch_jax.search import cli, grid
 from tpsearch_jax.training import checkpointing
 from tpsearch_jax import batch as batch_lib
 from tpsearch_jax.training import state as state_lib
@@ -22,6 +26,7 @@ from tpsearch_jax.data.tokenizer import tokenize
 from tpsearch_jax.models import build_model
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs", "synthetic.py")
+FLAGS = flags.FLAGS
 SENTENCES = ["a man in a red shirt with a black backpack", "a woman wearing a blue skirt", "white shoes"]
 
 
@@ -52,7 +57,7 @@ def run_dir(tmp_path_factory):
   ckpt = checkpointing.Checkpointer(workdir, async_save=False)
   ckpt.save(7, state, {"step": 7})
   ckpt.close()
-  return workdir, config, model, jax.device_get(state.params)
+  return workdir, config, model, jax.device_get(state.params), state
 
 
 def write_gallery(root, n: int, size=(40, 20)):
@@ -79,7 +84,7 @@ def test_load_image_matches_numpy_normalisation(tmp_path):
 
 
 def test_index_then_query_matches_bruteforce(run_dir, tmp_path):
-  workdir, config, model, params = run_dir
+  workdir, config, model, params, _ = run_dir
   paths = write_gallery(str(tmp_path / "gallery"), 11)
   index_dir = str(tmp_path / "index")
   meta = search.build(workdir, str(tmp_path / "gallery"), index_dir, batch_size=4)
@@ -123,3 +128,123 @@ def test_missing_inputs_say_what_is_missing(tmp_path):
     search.find_images(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="build the index first"):
     search.query(str(tmp_path), ["x"])
+
+
+# ---------------------------------------------------------------- incremental index, fingerprint, explanations, grid
+
+
+def test_reindexing_encodes_only_new_or_changed_files(run_dir, tmp_path):
+  workdir = run_dir[0]
+  gallery = tmp_path / "gallery"
+  write_gallery(str(gallery), 6)
+  index_dir = str(tmp_path / "index")
+  first = search.build(workdir, str(gallery), index_dir, batch_size=4)
+  before = search.read_index(index_dir)
+  assert first["num_encoded"] == 6 and first["fingerprint"] == {"config_sha256": first["fingerprint"]["config_sha256"],
+                                                                 "step": 7}
+  rng = np.random.default_rng(5)
+  for name in ("new_a.png", "new_b.png"):
+    Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(gallery / "cam1" / name)
+  second = search.build(workdir, str(gallery), index_dir, batch_size=4)
+  assert second["num_encoded"] == 2 and second["num_images"] == 8
+  after = search.read_index(index_dir)
+  for i, p in enumerate(before["paths"]):  # old rows reused bit for bit
+    np.testing.assert_array_equal(after["embeddings"][after["paths"].index(p)], before["embeddings"][i])
+  changed = before["paths"][0]
+  Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(changed)
+  os.remove(gallery / "cam1" / "new_a.png")
+  third = search.build(workdir, str(gallery), index_dir, batch_size=4)
+  assert third["num_encoded"] == 1 and third["num_images"] == 7
+  assert not any(p.endswith("new_a.png") for p in search.read_index(index_dir)["paths"])
+
+
+def test_index_of_another_run_is_refused(run_dir, tmp_path):
+  workdir = run_dir[0]
+  write_gallery(str(tmp_path / "gallery"), 3)
+  index_dir = str(tmp_path / "index")
+  search.build(workdir, str(tmp_path / "gallery"), index_dir, batch_size=8)
+  other = str(tmp_path / "other_run")
+  shutil.copytree(workdir, other)
+  with open(os.path.join(other, "config.json")) as f:
+    config = json.load(f)
+  config["train"]["log_every_steps"] = 123  # another config: another hash
+  with open(os.path.join(other, "config.json"), "w") as f:
+    json.dump(config, f)
+  with pytest.raises(search.FingerprintMismatch, match=r"at step 7 \(config [0-9a-f]{16}\).*Rebuild it: python -m"):
+    search.Searcher(index_dir, workdir=other, warm=False)
+  # The same run trained further (a later checkpoint) is refused too.
+  state = run_dir[4]
+  ckpt = checkpointing.Checkpointer(workdir, async_save=False)
+  ckpt.save(9, state, {"step": 9})
+  ckpt.close()
+  try:
+    with pytest.raises(search.FingerprintMismatch, match="built with .* at step 7.*now is at step 9"):
+      search.query(index_dir, ["a man"], k=1)
+  finally:
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "9"))
+
+
+def test_unreadable_files_are_listed(run_dir, tmp_path):
+  gallery = tmp_path / "gallery"
+  write_gallery(str(gallery), 2)
+  (gallery / "cam1" / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+  meta = search.build(run_dir[0], str(gallery), str(tmp_path / "index"), batch_size=8, skip_bad=True)
+  assert [os.path.basename(p) for p, _ in meta["skipped"]] == ["truncated.png"]
+  listed = (tmp_path / "index" / search.INDEX_SKIPPED).read_text().splitlines()
+  assert len(listed) == 1 and listed[0].startswith(str(gallery / "cam1" / "truncated.png") + "\t")
+
+
+def test_part_model_scores_split_exactly_into_pieces(tmp_path_factory, tmp_path):
+  """Per-piece cosines from the stored vectors equal those of the model's own embeddings; they sum to the score."""
+  run = search_fixtures.trained_run(tmp_path_factory)
+  for r in run["records"][:8]:
+    os.makedirs(tmp_path / "gallery" / os.path.dirname(r["file_path"]), exist_ok=True)
+    shutil.copy(os.path.join(run["imgs"], r["file_path"]), tmp_path / "gallery" / r["file_path"])
+  index_dir = str(tmp_path / "index")
+  search.build(run["workdir"], str(tmp_path / "gallery"), index_dir, batch_size=16)  # the server tests' shape
+  searcher = search.Searcher(index_dir, warm=False)
+  caption = run["records"][0]["captions"][0]
+  hits = searcher.search([caption], k=4)[0]
+  model, params = searcher.run.model, jax.device_get(searcher.run.params)
+  images = np.stack([search.load_image(h.path, (48, 16)) for h in hits])
+  embed = jax.jit(lambda p, x, ids: (model.apply({"params": p}, x, method="image_embeddings"),
+                                     model.apply({"params": p}, ids, method="text_embeddings")))
+  img, txt = embed(params, images, tokenize([caption], context_length=32))
+  unit = lambda x: np.asarray(x, np.float64) / np.linalg.norm(np.asarray(x, np.float64), axis=-1, keepdims=True)
+  for j, h in enumerate(hits):
+    pieces = {p["name"]: p for p in h.explanation["pieces"]}
+    assert sum(p["contribution"] for p in pieces.values()) == pytest.approx(h.score, abs=2e-3)
+    assert pieces["global"]["cosine"] == pytest.approx(float(unit(txt["global"])[0] @ unit(img["global"])[j]),
+                                                       abs=4e-3)
+    for i in range(3):
+      want = float(unit(txt["part"])[0, i] @ unit(img["part"])[j, i])
+      assert pieces[f"part_{i + 1}"]["cosine"] == pytest.approx(want, abs=4e-3)
+      assert h.explanation["stripes"][i]["cosine"] == pieces[f"part_{i + 1}"]["cosine"]
+    np.testing.assert_allclose(searcher.foreground_of(h.id), np.asarray(img["foreground"])[j], rtol=3e-3, atol=3e-3)
+
+
+def test_cli_query_batch_grid_and_explain(run_dir, tmp_path, capsys):
+  write_gallery(str(tmp_path / "gallery"), 5)
+  index_dir = str(tmp_path / "index")
+  search.build(run_dir[0], str(tmp_path / "gallery"), index_dir, batch_size=8)
+  queries = tmp_path / "queries.txt"
+  queries.write_text("\n".join(SENTENCES) + "\n\n")
+  out = str(tmp_path / "grid.png")
+  try:
+    FLAGS(["search", f"--index={index_dir}", f"--queries={queries}", "--k=3", f"--grid={out}", "--explain"])
+    assert cli.main(["search", "query"]) == 0
+  finally:
+    FLAGS.unparse_flags()
+  printed = capsys.readouterr().out
+  assert all(s in printed for s in SENTENCES) and printed.count("Σ w·cos / 1: global") == 9
+  with Image.open(out) as im:
+    assert im.width >= 3 * 20 and im.height >= 3 * 160  # 3 rows of 3 results, 160 px high
+
+
+def test_grid_marks_cells(tmp_path):
+  path = write_gallery(str(tmp_path), 1)[0]
+  im = grid.render_grid([("a query", [grid.Cell(path, 1, 0.9, mark=True), grid.Cell(path, 2, 0.5, mark=False)])],
+                        height=80)
+  pixels = np.asarray(im)
+  assert (np.abs(pixels - np.asarray(grid.MARK)).sum(-1) == 0).any()
+  assert (np.abs(pixels - np.asarray(grid.NO_MARK)).sum(-1) == 0).any()

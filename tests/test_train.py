@@ -237,3 +237,48 @@ def test_resume_after_sigterm_equals_uninterrupted_run(tmp_path):
   res_a = json.load(open(os.path.join(straight, "results.json")))["splits"]["test"]
   res_b = json.load(open(os.path.join(interrupted, "results.json")))["splits"]["test"]
   assert {k: res_a[k] for k in ("R1", "mAP", "step")} == {k: res_b[k] for k in ("R1", "mAP", "step")}
+
+
+def test_mesh_config_shapes_fsdp_axis_and_errors(tiny):
+  c = tiny["config"].copy_and_resolve_references()
+  shape = lambda cfg: dict(shd.mesh_from_config(cfg).shape)  # noqa: E731
+  assert shape(c) == {"data": 8, "fsdp": 1}
+  c.mesh.fsdp = 2
+  assert shape(c) == {"data": 4, "fsdp": 2}
+  c.mesh.data, c.mesh.fsdp = 2, -1
+  assert shape(c) == {"data": 2, "fsdp": 4}
+  legacy = tiny["config"].copy_and_resolve_references()
+  legacy.train.fsdp = True  # shorthand for FSDP over every device
+  assert shape(legacy) == {"data": 1, "fsdp": 8}
+  for (data, fsdp), message in [((3, 1), r"config.mesh.data × config.mesh.fsdp = 3 × 1 = 3 but there are 8 devices"),
+                                ((-1, 3), r"config.mesh.fsdp=3 does not divide the 8 devices"),
+                                ((-1, -1), r"config.mesh.data and config.mesh.fsdp are both -1"),
+                                ((0, 1), r"config.mesh.data=0: expected a positive number")]:
+    c.mesh.data, c.mesh.fsdp = data, fsdp
+    with pytest.raises(ValueError, match=message):
+      shd.mesh_from_config(c)
+  # Params are split over "fsdp" only (replicated over "data"); the batch over every device.
+  mesh = shd.create_mesh(data=4, fsdp=2)
+  c.train.fsdp_min_size = 1
+  _, _, sh = state_lib.abstract_train_state(c, tiny["model"], mesh)
+  specs = [tuple(s.spec) for s in jax.tree.leaves(sh.params)]
+  assert any(shd.FSDP in spec for spec in specs) and not any(shd.DATA in spec for spec in specs)
+  assert shd.batch_sharding(mesh).spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+
+
+def test_step_on_data_by_fsdp_mesh_equals_step_on_1_device(tiny):
+  """mesh.data=4 × mesh.fsdp=2: FSDP over its axis, data parallel over the rest; the same step as on 1 device."""
+  c, model, tx = tiny["config"].copy_and_resolve_references(), tiny["model"], tiny["tx"]
+  c.mesh.data, c.mesh.fsdp, c.train.fsdp_min_size = 4, 2, 1
+  batches = [random_batch(c, 16, seed=s) for s in (5, 6)]
+  want, want_losses = _run(tiny["step1"], jax.device_put(tiny["host_state"], tiny["sh1"]), batches)
+  mesh = shd.mesh_from_config(c)
+  _, _, sh = state_lib.abstract_train_state(c, model, mesh)
+  got, got_losses = _run(state_lib.make_train_step(c, model, tx, mesh, sh), jax.device_put(tiny["host_state"], sh),
+                         batches)
+  np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
+  leaf = jax.tree.leaves(got.params)[0]
+  assert len(leaf.sharding.device_set) == 8
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(jax.device_get(got.params)),
+                          jax.tree.leaves(jax.device_get(want.params))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=3e-5, err_msg=jax.tree_util.keystr(path))

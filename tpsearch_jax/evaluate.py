@@ -214,7 +214,7 @@ def report(workdir: str, payload: Mapping[str, Any]) -> str:
   path = write_results(workdir, payload)
   table = dict(payload["splits"])
   table.update({f"{k} (last)": v for k, v in payload.get("last", {}).items()})
-  logging.info("Results written to %s", path)
   if jax.process_index() == 0:
+    logging.info("Results written to %s", path)
     print(format_table(table), flush=True)
   return path

@@ -7,6 +7,12 @@ the count is a slight lower bound of what XLA's cost analysis reports (≈1–2 
 Causal text attention is counted at full T×T, as XLA computes it. The backward pass costs twice the forward for every
 matmul except the patch embedding, whose input (the images) needs no gradient: it costs one forward there. These are
 "model FLOPs": recomputation under remat is not counted, so MFU stays comparable between remat on and off.
+
+The paper backbones (``config.model.backbone`` "vit_bert" / "rn50_bert") count BERT (post-LN layers, the pooler), the
+ImageNet ViT or every ResNet convolution (2·C_in·C_out per kernel tap that lands on the input, i.e. taps on the zero
+padding are not counted, as in XLA's cost analysis; the stem convolution, like the patch embedding, needs no input
+gradient), and the new projections to the joint width; a frozen tower (lr × 0) is still differentiated by
+the train step, so its backward pass is counted.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from tpsearch_jax import masked_mlm, objectives
-from tpsearch_jax.models import model_options
+from tpsearch_jax.models import backbones, model_options
+from tpsearch_jax.models.bert import BertConfig
 from tpsearch_jax.models.clip import CLIPConfig
+from tpsearch_jax.models.resnet import ResNetConfig
+from tpsearch_jax.models.vit import ViTConfig
 
 # Backward/forward FLOP ratio per breakdown entry: 2 (input grad + weight grad) unless listed here.
 _BACKWARD_RATIO_OVERRIDES = {"vision/patch_embed": 1.0}  # images carry no gradient: weight grad only
@@ -66,6 +75,56 @@ def text_tower(clip: CLIPConfig, length: int | None = None) -> dict[str, float]:
   length = clip.context_length if length is None else length
   out = transformer(length, clip.text_width, clip.text_layers, clip.text_mlp_width)
   out["proj"] = matmul(length, clip.embed_dim, clip.text_width)
+  return out
+
+
+def bert_tower(bert: BertConfig, length: int, embed_dim: int) -> dict[str, float]:
+  """Forward FLOPs of BERT for one caption of ``length`` word pieces, the pooler and the projection to E."""
+  out = transformer(length, bert.hidden_size, bert.num_layers, bert.intermediate_size)
+  out["pooler"] = matmul(1, bert.hidden_size, bert.hidden_size)
+  out["proj"] = matmul(length, embed_dim, bert.hidden_size)
+  return out
+
+
+def vit_tower(vit: ViTConfig, image_size: tuple[int, int], embed_dim: int) -> dict[str, float]:
+  """Forward FLOPs of the ImageNet ViT for one image and the projection of all 1 + N tokens to E."""
+  gh, gw = vit.grid(image_size)
+  patches = gh * gw
+  out = {"patch_embed": matmul(patches, vit.hidden_size, 3 * vit.patch_size ** 2)}
+  out.update(transformer(patches + 1, vit.hidden_size, vit.num_layers, vit.mlp_dim))
+  out["proj"] = matmul(patches + 1, embed_dim, vit.hidden_size)
+  return out
+
+
+def _conv_taps(size: int, kernel: int, stride: int) -> int:
+  """Kernel taps on real input (padding kernel // 2 excluded) summed over the outputs of one spatial dimension."""
+  pad = kernel // 2
+  outputs = (size + 2 * pad - kernel) // stride + 1
+  return sum(min(o * stride - pad + kernel, size) - max(o * stride - pad, 0) for o in range(outputs))
+
+
+def conv2d(hw: tuple[int, int], kernel: int, stride: int, cin: int, cout: int) -> float:
+  """FLOPs of a k×k convolution with padding k // 2 on an [h, w, cin] input (padding taps not counted)."""
+  return 2.0 * _conv_taps(hw[0], kernel, stride) * _conv_taps(hw[1], kernel, stride) * cin * cout
+
+
+def resnet_tower(resnet: ResNetConfig, image_size: tuple[int, int], embed_dim: int) -> dict[str, float]:
+  """Forward FLOPs of the ResNet for one image: the stem ("patch_embed"), every bottleneck convolution ("convs"),
+  and the projection of the h·w map positions to E."""
+  h, w = image_size
+  out = {"patch_embed": conv2d((h, w), 7, 2, 3, resnet.embedding_size), "convs": 0.0}
+  h, w, cin = h // 4, w // 4, resnet.embedding_size  # stem stride 2, then the 3×3/2 max-pool
+  for width, depth, stride in zip(resnet.hidden_sizes, resnet.depths, resnet.stage_strides):
+    for j in range(depth):
+      s = stride if j == 0 else 1
+      ho, wo, mid = h // s, w // s, width // 4
+      s0, s1 = (s, 1) if resnet.downsample_in_bottleneck else (1, s)  # which convolution carries the stride
+      out["convs"] += (conv2d((h, w), 1, s0, cin, mid) + conv2d((h // s0, w // s0), 3, s1, mid, mid)
+                       + conv2d((ho, wo), 1, 1, mid, width))
+      if cin != width or s != 1:  # projection shortcut
+        out["convs"] += conv2d((h, w), 1, s, cin, width)
+      h, w, cin = ho, wo, width
+  out["proj"] = matmul(h * w, embed_dim, cin)
   return out
 
 
@@ -156,11 +215,18 @@ def train_step_flops(config: Any, batch_size: int) -> StepFlops:
   clip, opts, lo = model_options(config)
   heads = objectives.required_heads(lo)
   b = float(batch_size)
-  length, embed = clip.context_length, clip.embed_dim
-  gh, gw = clip.grid
+  length, embed = clip.context_length, backbones.joint_dim(clip, opts)
+  gh, gw = backbones.image_grid(clip, opts)
   patches = gh * gw
-  forward = _prefixed("vision", vision_tower(clip), b)
-  forward.update(_prefixed("text", text_tower(clip), b))
+  if opts.backbone == "clip":
+    forward = _prefixed("vision", vision_tower(clip), b)
+    forward.update(_prefixed("text", text_tower(clip), b))
+  else:
+    length = int(config["data"]["context_length"])
+    image = (vit_tower(opts.vit, clip.image_size, embed) if opts.backbone == "vit_bert"
+             else resnet_tower(opts.resnet, clip.image_size, embed))
+    forward = _prefixed("vision", image, b)
+    forward.update(_prefixed("text", bert_tower(opts.bert, length, embed), b))
   if heads.mlm:
     forward.update(_prefixed("text_mlm", text_tower(clip), b))
     forward.update(_prefixed("cross_former", cross_former(length, patches + 1, embed, opts.cross_layers), b))

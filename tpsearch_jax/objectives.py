@@ -27,8 +27,10 @@ import jax.numpy as jnp
 from tpsearch_jax import losses, masked_mlm
 
 LOSS_NAMES = ("sdm", "asdm", "itc", "id", "mlm", "efa", "triplet", "cmr")
-# Terms exact on a batch padded with a "valid" row mask: mlm (padding rows carry no labels), efa (valid=).
-VALID_MASK_TERMS = ("mlm", "efa")
+# Terms exact on a batch padded with a "valid" row mask (each equals its value on the valid rows alone): mlm (the
+# padding rows' labels are zeroed), every other term through its ``valid=`` argument. compute_losses refuses a masked
+# batch when an active term is missing here, so a new term cannot silently train on the padding rows.
+VALID_MASK_TERMS = LOSS_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,35 +135,40 @@ def compute_losses(outputs: Mapping, batch: Mapping[str, jax.Array], loss: LossO
 
   rng: PRNG key for the negative mining of the triplet and CMR terms. mlm_logits_fn: the model's MLM head
   (cross-former output [..., W] → logits [..., V]), needed when the MLM term is on. A batch with a "valid" row mask
-  (the padded short last batch of ``config.data.drop_last=False``) is accepted only when every active term honours
-  it (``VALID_MASK_TERMS``), so no term silently trains on the padding rows.
+  bool [B] (the padded short last batch of ``config.data.drop_last=False``): every term and accuracy is computed on
+  the valid rows alone (each loss's ``valid=``; the MLM labels of padding rows are zeroed), so the terms equal those
+  of the unpadded batch (the triplet/CMR draws too, sample for sample) and the padding rows get zero gradient. A
+  term missing from ``VALID_MASK_TERMS`` refuses such a batch.
   """
-  if "valid" in batch:
+  valid = batch.get("valid")
+  if valid is not None:
     unmasked = [n for n in loss.active if n not in VALID_MASK_TERMS]
     if unmasked:
       raise NotImplementedError(
           f"the batch carries a 'valid' mask (config.data.drop_last=False) but the term(s) {unmasked} do not honour it "
-          f"yet (only {VALID_MASK_TERMS} do); train with config.data.drop_last=True")
+          f"(only {VALID_MASK_TERMS} do); train with config.data.drop_last=True")
+    valid = jnp.asarray(valid).astype(bool)
   pids = batch["pids"]
   img, txt = outputs["image"], outputs["text"]
   gv, gt = _f32(img["global"]), _f32(txt["global"])
   terms = {}
   if loss.sdm:
-    terms["sdm"] = losses.sdm_loss(gv, gt, pids, logit_scale=loss.logit_scale)
+    terms["sdm"] = losses.sdm_loss(gv, gt, pids, logit_scale=loss.logit_scale, valid=valid)
   if loss.asdm:
     terms["asdm"] = losses.asdm_loss(gv, gt, pids, logit_scale=loss.logit_scale, alpha=loss.asdm_alpha,
-                                     gap=loss.asdm_gap)
+                                     gap=loss.asdm_gap, valid=valid)
   if loss.itc:
-    terms["itc"] = losses.itc_loss(gv, gt, loss.logit_scale)
+    terms["itc"] = losses.itc_loss(gv, gt, loss.logit_scale, valid=valid)
 
   part_logits = (None, None)
   if loss.needs_classifier:
     img_logits, txt_logits = _f32(outputs["image_logits"]), _f32(outputs["text_logits"])  # [B, M, K]
     if loss.id:
       b, m, k = img_logits.shape
-      terms["id"] = losses.id_loss(img_logits.reshape(b * m, k), txt_logits.reshape(b * m, k), jnp.repeat(pids, m))
-    terms["img_acc"] = _accuracy(img_logits[:, 0], pids)
-    terms["txt_acc"] = _accuracy(txt_logits[:, 0], pids)
+      terms["id"] = losses.id_loss(img_logits.reshape(b * m, k), txt_logits.reshape(b * m, k), jnp.repeat(pids, m),
+                                   valid=None if valid is None else jnp.repeat(valid, m))
+    terms["img_acc"] = _accuracy(img_logits[:, 0], pids, valid)
+    terms["txt_acc"] = _accuracy(txt_logits[:, 0], pids, valid)
     if "part" in img:
       num_parts = img["part"].shape[1]
       part_logits = (img_logits[:, -num_parts:], txt_logits[:, -num_parts:])
@@ -169,29 +176,32 @@ def compute_losses(outputs: Mapping, batch: Mapping[str, jax.Array], loss: LossO
   if loss.mlm:
     if mlm_logits_fn is None:
       raise ValueError("the MLM term needs mlm_logits_fn (the model's MLM head); see objectives.model_loss")
+    mlm_labels = batch["mlm_labels"]
+    if valid is not None:  # the pipeline already zeroes them; this keeps the term exact for any padding
+      mlm_labels = jnp.where(valid[:, None], mlm_labels, 0)
     terms["mlm"], terms["mlm_acc"] = masked_mlm.mlm_terms(
-        outputs["mlm_hidden"], batch["mlm_labels"], mlm_logits_fn, head=loss.mlm_head, fraction=loss.mlm_capacity,
+        outputs["mlm_hidden"], mlm_labels, mlm_logits_fn, head=loss.mlm_head, fraction=loss.mlm_capacity,
         group_rows=loss.mlm_group_rows)
 
   if loss.efa:
     mask = (batch["caption_ids"] != 0) if loss.efa_mask_padding else None
     terms["efa"] = losses.efa_loss(_f32(txt["tokens"]), _f32(img["tokens"][:, 1:]), margin_t2e=loss.efa_margin_t2e,
                                    margin_i2e=loss.efa_margin_i2e, lse_temperature=loss.efa_lse_temperature,
-                                   text_mask=mask, arithmetic=loss.efa_arithmetic, valid=batch.get("valid"))
+                                   text_mask=mask, arithmetic=loss.efa_arithmetic, valid=valid)
 
   tri_key, cmr_key = jax.random.split(rng)
   if loss.triplet:
     ranked_v, ranked_t = _ranked_embeddings(img, txt, loss)
     keys = jax.random.split(tri_key, ranked_v.shape[1])
     per_embedding = jax.vmap(
-        lambda v, t, k: losses.triplet_ranking_loss(v, t, pids, k, margin=loss.triplet_margin),
+        lambda v, t, k: losses.triplet_ranking_loss(v, t, pids, k, margin=loss.triplet_margin, valid=valid),
         in_axes=(1, 1, 0))(ranked_v, ranked_t, keys)
     terms["triplet"] = jnp.sum(per_embedding)
   if loss.cmr:
     terms["cmr"] = losses.cmr_loss(
         _f32(img["part"]), _f32(txt["part"]), pids, cmr_key, margin=loss.cmr_margin, floor=loss.cmr_floor,
         commonality=loss.cmr_commonality, image_part_logits=part_logits[0], text_part_logits=part_logits[1],
-        tau=loss.cmr_tau)
+        tau=loss.cmr_tau, valid=valid)
 
   total = sum(getattr(loss, name) * terms[name] for name in LOSS_NAMES if name in terms)
   return jnp.asarray(total, jnp.float32), terms

@@ -31,7 +31,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--preset", choices=["auto", *PRESETS], default="auto",
                  help="auto = full on GPU/TPU, small on CPU")
-  p.add_argument("--methods", default="irra,fmfa,pcc,combined,clip", help="comma-separated method presets")
+  p.add_argument("--methods", default="irra,fmfa,pcc,combined,clip,pcc_paper_vit,pcc_paper_rn50",
+                 help="comma-separated method presets")
   p.add_argument("--skip", default="", help=f"comma-separated sections to skip: {','.join(SECTIONS)}")
   p.add_argument("--batch_size", type=int, default=None, help="global train batch (default: preset)")
   p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],

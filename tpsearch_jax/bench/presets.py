@@ -8,6 +8,7 @@ from typing import Any
 
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.configs import base
+from tpsearch_jax.models import backbones, model_options
 from tpsearch_jax.models import presets as model_presets
 from tpsearch_jax.training.config_checks import resolve_config
 
@@ -21,6 +22,11 @@ _CUSTOM_SIZE = re.compile(r"^(\d+)x(\d+)x(\d+)$")  # QUERIESxGALLERYxIDS
 
 _SMALL_CLIP = dict(embed_dim=256, image_size=(384, 128), patch_size=16, vision_width=256, vision_layers=4,
                    vision_heads=4, context_length=77, vocab_size=49408, text_width=256, text_layers=4, text_heads=4)
+# The same size for the paper backbones (pcc_paper_vit / pcc_paper_rn50): BERT / ViT width 256 × 4 layers, a ResNet
+# of half the ResNet-50 widths with one block per stage, E 256.
+_SMALL_PAPER = {"embed_dim": 256, "bert": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
+                "vit": dict(hidden_size=256, num_layers=4, num_heads=4, mlp_dim=1024),
+                "resnet": dict(embedding_size=32, hidden_sizes=(128, 256, 512, 1024), depths=(1, 1, 1, 1))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +99,10 @@ def method_config(method: str, preset: Preset, args, attention: str = "xla") -> 
       config.model.update(tiny["model"])
     elif preset.clip is not None:
       config.model.clip.update(preset.clip)
+      if config.model.backbone != "clip":  # the "small" preset's towers for the paper backbones
+        config.model.embed_dim = _SMALL_PAPER["embed_dim"]
+        for key in ("bert", "vit", "resnet"):
+          config.model[key].update(_SMALL_PAPER[key])
     image_size = tuple(config.model.clip.image_size)
     config.model.clip.image_size = image_size
     config.data.image_size = image_size
@@ -111,8 +121,12 @@ def method_config(method: str, preset: Preset, args, attention: str = "xla") -> 
 def config_summary(config, **extra) -> dict:
   """The record config of a method run: method, batch, dtype, remat, fsdp, attention and the model's size."""
   c = config.model.clip
+  model = (f"ViT w{c.vision_width}×{c.vision_layers} p{c.patch_size} @ {c.image_size[0]}×{c.image_size[1]}, "
+           f"text w{c.text_width}×{c.text_layers}, E{c.embed_dim}")
+  if config.model.get("backbone", "clip") != "clip":
+    clip, options, _ = model_options(config)
+    model = backbones.summary(clip, options)
   return {"method": config.model.name, "batch_size": int(config.train.batch_size), "dtype": config.model.dtype,
           "remat": bool(config.model.remat), "fsdp": bool(config.train.fsdp), "mlm_head": config.loss.mlm_head,
           "attention": config.model.attention_impl or "xla",
-          "model": f"ViT w{c.vision_width}×{c.vision_layers} p{c.patch_size} @ {c.image_size[0]}×{c.image_size[1]}, "
-                   f"text w{c.text_width}×{c.text_layers}, E{c.embed_dim}", **extra}
+          "model": model, **extra}

@@ -73,6 +73,8 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
       name="",  # cuhk_pedes | icfg_pedes | rstp_reid | synthetic_pedes
       root="",  # dataset folder holding imgs/ and the annotation JSON
       context_length=77,
+      tokenizer="clip",  # "clip" (BPE) | "bert" (WordPiece: the pcc_paper_* presets)
+      tokenizer_path=config_dict.placeholder(str),  # BERT folder or vocab.txt; None: config.init.bert's folder
       caption_uses_mlm_ids=True,  # reference quirk: every loss sees the masked caption (methods.md §5.1)
       augment=True,
       random_erasing=0.5,
@@ -80,8 +82,8 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
       identity_sampler=False,
       num_instances=4,
       # True: ⌊N/B⌋ full batches per epoch, the shuffled remainder dropped (one compiled step). False: the reference's
-      # ⌈N/B⌉ (PyTorch drop_last=False): the last batch is padded to B with a "valid" row mask, which every active
-      # loss must honour (objectives.VALID_MASK_TERMS; otherwise training stops with NotImplementedError).
+      # ⌈N/B⌉ (PyTorch drop_last=False): the last batch is padded to B with a "valid" row mask that every loss
+      # honours exactly (the step equals the step on the short batch; tests/test_loss_masks.py).
       drop_last=True,
       verify_images=True,  # pre-scan every image before the pipeline starts (a bad file is named up front)
       skip_corrupt=False,  # drop examples whose image is missing or does not decode (counted and logged)
@@ -105,6 +107,7 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
   ))
   c.schedule = ml_collections.ConfigDict(dict(
       name="cosine", num_epochs=60, warmup_epochs=5, warmup_factor=0.1,
+      milestones=(), gamma=0.1,  # name="step": lr × gamma at each milestone epoch (PyTorch MultiStepLR)
       per_step=False,  # False: the factor changes once per epoch (reference); True: every step
   ))
   c.train = ml_collections.ConfigDict(dict(
@@ -132,6 +135,11 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
   ))
   c.init = ml_collections.ConfigDict(dict(
       clip=config_dict.placeholder(str),  # HF CLIP folder or OpenAI-layout .npz; None = random init
+      # Paper backbones (model.backbone vit_bert / rn50_bert): HF folders (bert-base-uncased,
+      # google/vit-base-patch16-224, microsoft/resnet-50) or .msgpack files from the convert CLI; None = random init
+      bert=config_dict.placeholder(str),
+      vit=config_dict.placeholder(str),
+      resnet=config_dict.placeholder(str),
   ))
   apply_overrides(c, preset["recipe"], f"models/presets.py:{method}")
   return c

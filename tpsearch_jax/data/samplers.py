@@ -5,7 +5,7 @@ Epoch length (``config.data.drop_last``): True = ⌊N/B⌋ global batches, the r
 68,126 captions at B = 64 → 1,065 batches, the last one holding 30): the short last batch is padded to B by repeating
 its own examples and comes with a ``valid`` row mask, so the train step keeps one shape and each batch-level loss that
 honours the mask equals the loss of the 30-example batch (the trade-off against a second compiled step for the short
-shape: one program, but every loss must honour the mask — see ``objectives.VALID_MASK_TERMS``). Random sampler only.
+shape: one program, and every loss honours the mask — ``objectives.VALID_MASK_TERMS``). Random sampler only.
 Either way a step maps to (epoch, batch) without replaying earlier epochs and resuming costs one epoch order.
 """
 

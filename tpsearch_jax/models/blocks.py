@@ -21,6 +21,21 @@ def quick_gelu(x: jax.Array) -> jax.Array:
   return x * jax.nn.sigmoid(1.702 * x)
 
 
+def gelu(x: jax.Array) -> jax.Array:
+  """The exact (erf) GELU of BERT and the ImageNet ViT (PyTorch ``nn.GELU()``, HF "gelu"). Any shape."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": gelu}
+
+
+def activation_fn(name: str):
+  """An MLP activation by name: "quick_gelu" (CLIP) or "gelu" (exact erf GELU)."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
 def attention_fn(impl: str | None):
   """An ``attention_fn`` for ``nn.MultiHeadDotProductAttention`` backed by ``jax.nn.dot_product_attention``.
 
@@ -71,12 +86,14 @@ def kernel_init(std: float | None) -> dict:
 
 
 class MLP(nn.Module):
-  """c_fc → QuickGELU → c_proj. [..., D] → [..., D]; hidden width ``hidden`` (None: 4·D)."""
+  """c_fc → activation (QuickGELU unless ``activation`` says otherwise) → c_proj. [..., D] → [..., D]; hidden width
+  ``hidden`` (None: 4·D)."""
 
   width: int
   dtype: Any = jnp.float32
   block_init: BlockInit | None = None
   hidden: int | None = None
+  activation: str = "quick_gelu"
 
   @nn.compact
   def __call__(self, x):
@@ -86,12 +103,15 @@ class MLP(nn.Module):
     fc_bias = {"bias_init": torch_linear_bias_init(x.shape[-1])} if torch_bias else {}
     proj_bias = {"bias_init": torch_linear_bias_init(hidden)} if torch_bias else {}
     x = nn.Dense(hidden, dtype=self.dtype, name="c_fc", **kernel_init(i and i.fc), **fc_bias)(x)
-    x = quick_gelu(x)
+    x = activation_fn(self.activation)(x)
     return nn.Dense(self.width, dtype=self.dtype, name="c_proj", **kernel_init(i and i.proj), **proj_bias)(x)
 
 
 class ResidualAttentionBlock(nn.Module):
-  """Pre-LN transformer block: x + attn(ln_1(x)); x + mlp(ln_2(x)). [B, L, D] → [B, L, D]."""
+  """Pre-LN transformer block: x + attn(ln_1(x)); x + mlp(ln_2(x)). [B, L, D] → [B, L, D].
+
+  ``activation`` / ``ln_eps``: CLIP's QuickGELU and 1e-5 by default; the ImageNet ViT uses "gelu" and 1e-12.
+  """
 
   width: int
   heads: int
@@ -99,19 +119,22 @@ class ResidualAttentionBlock(nn.Module):
   attention_impl: str | None = None
   block_init: BlockInit | None = None
   mlp_dim: int | None = None  # MLP hidden width; None: 4·width
+  activation: str = "quick_gelu"
+  ln_eps: float = LN_EPS
 
   @nn.compact
   def __call__(self, x, mask=None):
     i = self.block_init
     inits = {} if i is None else {"kernel_init": nn.initializers.normal(i.attn),
                                   "out_kernel_init": nn.initializers.normal(i.attn_out)}
-    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_1")(x)
+    y = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_1")(x)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.heads, dtype=self.dtype, attention_fn=attention_fn(self.attention_impl),
         name="attn", **inits)(y, y, mask=mask)
     x = x + y
-    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_2")(x)
-    return x + MLP(self.width, dtype=self.dtype, block_init=i, hidden=self.mlp_dim, name="mlp")(y)
+    y = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_2")(x)
+    return x + MLP(self.width, dtype=self.dtype, block_init=i, hidden=self.mlp_dim, activation=self.activation,
+                   name="mlp")(y)
 
 
 class Transformer(nn.Module):
@@ -125,11 +148,14 @@ class Transformer(nn.Module):
   attention_impl: str | None = None
   block_init: BlockInit | None = None
   mlp_dim: int | None = None  # MLP hidden width; None: 4·width
+  activation: str = "quick_gelu"
+  ln_eps: float = LN_EPS
 
   @nn.compact
   def __call__(self, x, mask=None):
     block_cls = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
     for i in range(self.layers):
       x = block_cls(self.width, self.heads, self.dtype, self.attention_impl, block_init=self.block_init,
-                    mlp_dim=self.mlp_dim, name=f"resblocks_{i}")(x, mask)
+                    mlp_dim=self.mlp_dim, activation=self.activation, ln_eps=self.ln_eps,
+                    name=f"resblocks_{i}")(x, mask)
     return x

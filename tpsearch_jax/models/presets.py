@@ -17,9 +17,18 @@ import dataclasses
 
 from tpsearch_jax.models.retrieval import ModelOptions
 from tpsearch_jax.objectives import LossOptions
-from tpsearch_jax.training.optim import NEW_MODULE_GROUPS
+from tpsearch_jax.training.optim import NEW_MODULE_GROUPS, PAPER_GROUPS
 
 _PARTS = dict(use_parts=True)
+# Park et al.'s backbones with the lineage recipe (methods.md §3; LGUR train_mydecoder_pixelvit_txtimg_3_bert.py and
+# option/options.py): Adam (0.9, 0.999, PyTorch eps 1e-8, no weight decay passed), lr 1e-3 with LGUR's groups (BERT
+# frozen, image backbone and part model 1e-4, projections and classifier 1e-3), MultiStepLR ×0.1 at 20/40/50 without
+# warm-up, 60 epochs, batch 64 (the base), captions of up to 100 BERT word pieces (LGUR caption_length_max), unmasked.
+_PAPER_RECIPE = {"optim.lr": 1e-3, "optim.eps": 1e-8, "optim.weight_decay": 0.0, "optim.lr_factor": 0.1,
+                 "optim.param_groups": PAPER_GROUPS, "schedule.name": "step", "schedule.milestones": (20, 40, 50),
+                 "schedule.gamma": 0.1, "schedule.warmup_epochs": 0, "data.tokenizer": "bert",
+                 "data.context_length": 100, "data.caption_uses_mlm_ids": False}
+_PAPER_LOSSES = dict(id=1.0, triplet=1.0, cmr=1.0)
 
 # name → (model overrides, loss overrides, recipe overrides {"section.field": value} over the base config)
 _METHODS = {
@@ -44,6 +53,12 @@ _METHODS = {
     # (global_loss "sdm" keeps the global embedding out of it), CMR on the parts. Recipe as pcc.
     "combined": (dict(_PARTS), dict(asdm=1.0, id=1.0, mlm=1.0, efa=1.0, triplet=1.0, cmr=1.0, global_loss="sdm"),
                  {"optim.param_groups": NEW_MODULE_GROUPS}),
+    # Park et al. as published [S]: BERT-base-uncased + ImageNet ViT-B/16 (24×8 patch grid at 384×128), projected to
+    # E = 512; the pcc part model and losses; the lineage recipe above.
+    "pcc_paper_vit": (dict(_PARTS, global_pool="max", backbone="vit_bert"), _PAPER_LOSSES, _PAPER_RECIPE),
+    # The same with ResNet-50 (frozen BatchNorm statistics), last stride 1: a 24×8 map at 384×128.
+    "pcc_paper_rn50": (dict(_PARTS, global_pool="max", backbone="rn50_bert", resnet=dict(last_stride=1)),
+                       _PAPER_LOSSES, _PAPER_RECIPE),
 }
 
 METHODS = tuple(_METHODS)
@@ -74,12 +89,21 @@ def method_preset(name: str) -> dict:
   are defaults + overrides, recipe only the overrides of the base config; fresh dicts on every call."""
   model_over, loss_over, recipe = method_overrides(name)
   model = model_defaults()
-  model.update(model_over, name=name)
+  for key, value in model_over.items():  # nested sections (part, resnet, ...) are updated, not replaced
+    if isinstance(value, dict) and isinstance(model.get(key), dict):
+      model[key].update(value)
+    else:
+      model[key] = value
+  model["name"] = name
   return {"model": model, "loss": dict(loss_defaults(), **loss_over), "recipe": recipe}
 
 
 def tiny_model_config(method: str, num_classes: int = 8, vocab_size: int = 49408, dtype: str = "float32") -> dict:
-  """{"model", "loss"} for a small test model of ``method``: 48×16 images, patch 8 (6×2 grid), E = 16, 3 parts."""
+  """{"model", "loss"} for a small test model of ``method``: 48×16 images, patch 8 (6×2 grid), E = 16, 3 parts.
+
+  The paper backbones get tiny towers too: BERT width 32 (vocab ``min(vocab_size, 512)``, 128 positions), ViT width
+  32 / patch 8, ResNet stem 8, widths 16/32/64, one block per stage (last stride 1: a 3×1 map at 48×16).
+  """
   preset = method_preset(method)
   model = preset["model"]
   model.update(
@@ -87,4 +111,9 @@ def tiny_model_config(method: str, num_classes: int = 8, vocab_size: int = 49408
                 context_length=77, vocab_size=vocab_size, text_width=32, text_layers=2, text_heads=4),
       dtype=dtype, remat=False, attention_impl=None, num_classes=num_classes, cross_layers=2, cross_heads=4)
   model["part"].update(num_queries=3, num_parts=3, heads=4)
+  model.update(embed_dim=16)
+  model["bert"].update(vocab_size=min(vocab_size, 512), hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                       max_position_embeddings=128)
+  model["vit"].update(patch_size=8, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
+  model["resnet"].update(embedding_size=8, hidden_sizes=(16, 32, 64), depths=(1, 1, 1))
   return {"model": model, "loss": preset["loss"]}

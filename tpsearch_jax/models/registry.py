@@ -12,13 +12,17 @@ import jax
 import jax.numpy as jnp
 
 from tpsearch_jax import objectives
+from tpsearch_jax.models.bert import BertConfig
 from tpsearch_jax.models.clip import CLIPConfig
 from tpsearch_jax.models.part_decoder import PartOptions
 from tpsearch_jax.models.presets import METHODS, method_preset
+from tpsearch_jax.models.resnet import ResNetConfig
 from tpsearch_jax.models.retrieval import EmbedWeights, ModelOptions, RetrievalModel, check_model_options
+from tpsearch_jax.models.vit import ViTConfig
 from tpsearch_jax.objectives import LossOptions
 
 DTYPES = ("float32", "bfloat16")
+_TOWERS = {"bert": BertConfig, "vit": ViTConfig, "resnet": ResNetConfig}  # the paper backbones' architectures
 _BACKBONE_KEYS = ("clip", "dtype", "remat", "attention_impl")
 
 
@@ -67,6 +71,13 @@ def model_options(config) -> tuple[CLIPConfig, ModelOptions, LossOptions]:
   model = _merge(model_defaults, model_cfg, "config.model")
   model["num_classes"] = int(model["num_classes"] or 0)  # None (not yet filled from the data) = no classifier size
   model["part"] = PartOptions(**_merge(model_defaults["part"], model_cfg.get("part", {}), "config.model.part"))
+  for key, cls in _TOWERS.items():
+    arch = _merge(model_defaults[key], model_cfg.get(key, {}), f"config.model.{key}")
+    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()}  # JSON lists → hashable tuples
+    try:
+      model[key] = cls(**arch)
+    except ValueError as e:
+      raise ValueError(f"config.model.{key}: {e}") from e
   model["embed_weights"] = EmbedWeights(**_merge(model_defaults["embed_weights"], model_cfg.get("embed_weights", {}),
                                                  "config.model.embed_weights"))
   loss = LossOptions(**_merge(preset["loss"], loss_cfg, "config.loss"))

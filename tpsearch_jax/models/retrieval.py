@@ -1,4 +1,5 @@
-"""The retrieval model: the CLIP backbone plus the heads that the method needs; it returns outputs, never losses.
+"""The retrieval model: a backbone (CLIP, or BERT + ViT / ResNet-50: ``models/backbones.py``) plus the heads that the
+method needs; it returns outputs, never losses.
 
 Embeddings per modality: "global" [B, E] (CLS / EOT token, or max over patch tokens / valid text tokens), and with
 the part model "coarse" [B, N_D, E] and "part" [B, P, E]. The training objective (``tpsearch_jax.objectives``) turns
@@ -19,9 +20,13 @@ import jax
 import jax.numpy as jnp
 
 from tpsearch_jax import batch as batch_lib
+from tpsearch_jax.models import backbones
+from tpsearch_jax.models.bert import BertConfig
 from tpsearch_jax.models.clip import CLIP, CLIPConfig
 from tpsearch_jax.models.cross_former import CrossFormer, MLMHead
 from tpsearch_jax.models.part_decoder import PartModel, PartOptions, stripe_bounds
+from tpsearch_jax.models.resnet import ResNetConfig
+from tpsearch_jax.models.vit import ViTConfig
 from tpsearch_jax.objectives import Heads
 
 
@@ -36,9 +41,18 @@ class EmbedWeights:
 
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
-  """Heads on top of CLIP. global_pool: "token" (CLS / EOT) or "max" (patch tokens / valid text tokens)."""
+  """Backbone and heads. global_pool: "token" (CLS / EOT) or "max" (patch tokens / valid text tokens).
+
+  backbone: "clip" (the towers of ``config.model.clip``), "vit_bert" or "rn50_bert" (``bert`` + ``vit`` / ``resnet``
+  architectures, projected to ``embed_dim``; see ``models/backbones.py``).
+  """
 
   name: str = "clip"
+  backbone: str = "clip"
+  embed_dim: int = 512  # joint width E of the paper backbones' projections (CLIP: config.model.clip.embed_dim)
+  bert: BertConfig = BertConfig()
+  vit: ViTConfig = ViTConfig()
+  resnet: ResNetConfig = ResNetConfig()
   num_classes: int = 0
   global_pool: str = "token"
   use_parts: bool = False
@@ -50,6 +64,8 @@ class ModelOptions:
 
 def check_model_options(clip: CLIPConfig, model: ModelOptions, heads: Heads) -> None:
   """Raises ValueError naming the config field of any inconsistent model option."""
+  backbones.check_backbone_options(clip, model, heads)
+  embed_dim, grid = backbones.joint_dim(clip, model), backbones.image_grid(clip, model)
   if model.global_pool not in ("token", "max"):
     raise ValueError(f"config.model.global_pool must be 'token' or 'max', got {model.global_pool!r}")
   if heads.classifier and model.num_classes < 1:
@@ -57,9 +73,9 @@ def check_model_options(clip: CLIPConfig, model: ModelOptions, heads: Heads) -> 
   if heads.mlm and clip.embed_dim % model.cross_heads:
     raise ValueError(f"embed_dim {clip.embed_dim} is not divisible by config.model.cross_heads {model.cross_heads}")
   if model.use_parts:
-    stripe_bounds(clip.grid[0], model.part.num_parts)
-    if clip.embed_dim % model.part.heads:
-      raise ValueError(f"embed_dim {clip.embed_dim} is not divisible by config.model.part.heads {model.part.heads}")
+    stripe_bounds(grid[0], model.part.num_parts)
+    if embed_dim % model.part.heads:
+      raise ValueError(f"embed_dim {embed_dim} is not divisible by config.model.part.heads {model.part.heads}")
   w = model.embed_weights
   used = (w.global_, w.coarse, w.part) if model.use_parts else (w.global_,)
   if min(used) < 0 or not sum(used) > 0:
@@ -81,7 +97,8 @@ def _masked_max(tokens: jax.Array, valid: jax.Array) -> jax.Array:
 
 
 class RetrievalModel(nn.Module):
-  """CLIP + optional classifier, cross-former/MLM head and part model. See the module docstring for the contract."""
+  """Backbone + optional classifier, cross-former/MLM head and part model. See the module docstring for the
+  contract."""
 
   clip_config: CLIPConfig
   options: ModelOptions
@@ -90,20 +107,28 @@ class RetrievalModel(nn.Module):
   def setup(self):
     c, o, heads = self.clip_config, self.options, self.heads
     check_model_options(c, o, heads)
-    self.clip = CLIP(c)
+    if o.backbone == "clip":
+      self.clip = CLIP(c)
+    else:
+      for name, module in backbones.tower_modules(c, o).items():
+        setattr(self, name, module)
+    embed_dim = backbones.joint_dim(c, o)
     if heads.classifier:
       self.classifier = nn.Dense(o.num_classes, dtype=c.dtype, kernel_init=nn.initializers.normal(0.001))
     if heads.mlm:
       self.cross_former = CrossFormer(c.embed_dim, o.cross_layers, o.cross_heads, c.dtype, c.remat, c.attention_impl)
       self.mlm_head = MLMHead(c.embed_dim, c.vocab_size, o.cross_layers, c.dtype)
     if o.use_parts:
-      self.part_model = PartModel(c.embed_dim, c.grid, o.part, c.dtype, c.remat, c.attention_impl)
+      self.part_model = PartModel(embed_dim, backbones.image_grid(c, o), o.part, c.dtype, c.remat, c.attention_impl)
 
   # ---------------------------------------------------------------- embeddings
   def image_embeddings(self, images: jax.Array) -> dict[str, jax.Array]:
     """images [B, H, W, 3] → {"tokens": [B, 1+N, E], "global": [B, E], + "coarse" [B, N_D, E], "part" [B, P, E],
     "foreground" [B, N] with the part model} (compute dtype; foreground f32)."""
-    tokens, cls = self.clip.encode_image(images)
+    if self.options.backbone == "clip":
+      tokens, cls = self.clip.encode_image(images)
+    else:
+      tokens, cls = backbones.encode_image(self, images)
     patches = tokens[:, 1:]
     out = {"tokens": tokens, "global": cls if self.options.global_pool == "token" else jnp.max(patches, axis=1)}
     if self.options.use_parts:
@@ -113,7 +138,10 @@ class RetrievalModel(nn.Module):
   def text_embeddings(self, ids: jax.Array) -> dict[str, jax.Array]:
     """ids int [B, L] (0 = padding) → {"tokens": [B, L, E], "global": [B, E], + "coarse", "part" with the part
     model}."""
-    tokens, eot = self.clip.encode_text(ids)
+    if self.options.backbone == "clip":
+      tokens, eot = self.clip.encode_text(ids)
+    else:
+      tokens, eot = backbones.encode_text(self, ids)
     valid = ids != 0
     out = {"tokens": tokens, "global": eot if self.options.global_pool == "token" else _masked_max(tokens, valid)}
     if self.options.use_parts:

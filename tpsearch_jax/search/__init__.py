@@ -1,7 +1,11 @@
-"""Search your own images with a trained model: the index library, the sharded top-k index and the CLI.
+"""Search your own images with a trained model: the index library, the sharded top-k index, explanations, the result
+grid, the web server and the CLI.
 
-``python -m tpsearch_jax.search index|query`` (``cli.py``); the functions below are the library behind it.
+``python -m tpsearch_jax.search index|query|serve`` (``cli.py``); the names below are the library behind it.
 """
 
-from tpsearch_jax.search.library import (INDEX_EMB, INDEX_META, INDEX_PATHS, IMAGE_EXTENSIONS, build,  # noqa: F401
-                                         encode_images, encode_texts, find_images, load_image, load_run, query)
+from tpsearch_jax.search.library import (FORMAT_VERSION, INDEX_EMB, INDEX_FOREGROUND, INDEX_META,  # noqa: F401
+                                         INDEX_PATHS, INDEX_SKIPPED, INDEX_STATS, IMAGE_EXTENSIONS,
+                                         FingerprintMismatch, build, encode_images, encode_texts, find_images,
+                                         fingerprint, load_image, load_run, read_index)
+from tpsearch_jax.search.searcher import Hit, Searcher, query  # noqa: F401

@@ -1,12 +1,16 @@
-"""``python -m tpsearch_jax.search index|query``: search your own images with a trained model.
+"""``python -m tpsearch_jax.search index|query|serve``: search your own images with a trained model.
 
     python -m tpsearch_jax.search index --workdir=RUN --images=DIR --index=INDEX_DIR
-    python -m tpsearch_jax.search query --index=INDEX_DIR --text="a woman in a red coat with a black backpack" --k=10
+    python -m tpsearch_jax.search query --index=INDEX_DIR --text="a woman in a red coat" --k=10 --explain \\
+        --grid=/tmp/grid.png
+    python -m tpsearch_jax.search serve --index=INDEX_DIR [--host=127.0.0.1] [--port=8080]
 
-``index`` encodes every image under ``--images`` (recursively; jpg/jpeg/png/bmp/webp) with the run's model
-(``RUN/config.json`` + its best, else last, checkpoint). ``query`` encodes each sentence and prints the top-k images
-with cosine scores (exact top-k over the index sharded on all devices; ``--html`` also writes a page of thumbnails).
-Neither command imports TensorFlow.
+``index`` encodes the images under ``--images`` (recursively; jpg/jpeg/png/bmp/webp) with the run's model
+(``RUN/config.json`` + its best, else last, checkpoint), with a progress bar; re-running it encodes only new or changed
+files. The index stores the run's fingerprint (config hash + checkpoint step): querying it with another run is refused.
+``query`` prints the top-k images per sentence (``--text``, repeatable, and/or ``--queries`` FILE, one a line) with
+cosine scores; ``--explain`` adds the score split into its pieces, ``--grid`` writes a PNG of the results, ``--html`` a
+page of thumbnails. ``serve`` starts the local search page (``server.py``). None imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -17,24 +21,33 @@ import sys
 from typing import Sequence
 
 from absl import app, flags
+from PIL import Image
 
-from tpsearch_jax.search.library import build, query
+from tpsearch_jax.search import explain, grid, library, server
+from tpsearch_jax.search.searcher import MAX_K, Searcher
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training run folder holding config.json and checkpoints (index).")
+flags.DEFINE_string("workdir", None, "Training run folder holding config.json and checkpoints (index; query/serve: "
+                    "optional, must be the run that built the index).")
 flags.DEFINE_enum("checkpoint", "auto", ["auto", "best", "last"], "Which checkpoint of --workdir to use (index).")
 flags.DEFINE_string("images", None, "Folder of images to index, searched recursively (index).")
-flags.DEFINE_string("index", None, "Index folder: written by `index`, read by `query`.")
+flags.DEFINE_string("index", None, "Index folder: written by `index`, read by `query` and `serve`.")
 flags.DEFINE_integer("batch_size", 64, "Images per encoding batch (rounded up to a multiple of the device count).")
-flags.DEFINE_bool("skip_bad", False, "Skip unreadable images (counted and logged) instead of stopping (index).")
+flags.DEFINE_bool("skip_bad", False, "Skip unreadable images (listed, and kept in INDEX/skipped.txt) instead of "
+                  "stopping (index).")
 flags.DEFINE_multi_string("text", [], "Query sentence; repeat for several (query).")
-flags.DEFINE_string("text_file", None, "File with one query sentence per line (query).")
+flags.DEFINE_string("queries", None, "File with one query sentence per line, searched in one batch (query).")
+flags.DEFINE_string("text_file", None, "Same as --queries.")
 flags.DEFINE_integer("k", 10, "Results per query (query).")
+flags.DEFINE_bool("explain", False, "Print each result's similarity split into pieces; part models: stripes (query).")
+flags.DEFINE_string("grid", None, "Write a PNG of the top-k per query to this file (query).")
 flags.DEFINE_string("html", None, "Also write the results as an HTML page with thumbnails (query).")
+flags.DEFINE_string("host", "127.0.0.1", "Address to bind (serve); 0.0.0.0 exposes the page to the network.")
+flags.DEFINE_integer("port", 8080, "Port (serve); 0 picks a free one.")
 
 
 def write_html(path: str, sentences: Sequence[str], results) -> None:
-  """A static page: one row of thumbnails (with scores) per query."""
+  """A static page: one row of thumbnails (with scores) per query; results: [[(path, score)]]."""
   rows = []
   for sentence, hits in zip(sentences, results):
     cells = "".join(f'<figure><img src="file://{html.escape(p)}" height="192"><figcaption>{s:.3f}<br>'
@@ -44,32 +57,81 @@ def write_html(path: str, sentences: Sequence[str], results) -> None:
     f.write("<!doctype html><meta charset='utf-8'><title>tpsearch_jax results</title>" + "".join(rows))
 
 
+def explain_lines(hit, layout: explain.Layout) -> list[str]:
+  """The explanation of one hit as indented text lines: weighted pieces, then (part models) each stripe."""
+  ex = hit.explanation
+  terms = [f"{p['name']} {p['cosine']:+.3f}×{p['weight']:g}" for p in ex["pieces"]
+           if not p["name"].startswith(("coarse_", "part_"))]
+  if layout.has_parts:
+    terms.append(f"coarse(mean) {ex['coarse_mean']:+.3f}" if ex.get("coarse_mean") is not None else "")
+    stripes = " ".join(f"{s['cosine']:+.2f}" for s in ex["stripes"])
+    terms.append(f"stripes top→bottom [{stripes}]")
+  total = sum(w for w in layout.weights)
+  return [f"       = Σ w·cos / {total:g}: " + "; ".join(t for t in terms if t)]
+
+
+def grid_rows(searcher: Searcher, sentences: Sequence[str], results, with_overlay: bool):
+  """Results → ``grid.render_grid`` rows (the part model's overlay beside each image with ``with_overlay``)."""
+  rows = []
+  for sentence, hits in zip(sentences, results):
+    cells = []
+    for h in hits:
+      side = None
+      if with_overlay and searcher.layout.has_parts:
+        with Image.open(h.path) as im:
+          side = explain.overlay(im, searcher.foreground_of(h.id), searcher.layout,
+                                 [s["cosine"] for s in h.explanation["stripes"]])
+      cells.append(grid.Cell(h.path, h.rank, h.score, side=side, label=os.path.basename(h.path)))
+    rows.append((sentence, cells))
+  return rows
+
+
+def run_query(sentences: Sequence[str]) -> int:
+  searcher = Searcher(FLAGS.index, workdir=FLAGS.workdir, max_k=max(FLAGS.k, MAX_K),
+                      query_batch=min(len(sentences), 32))
+  results = searcher.search(sentences, FLAGS.k)
+  for sentence, hits in zip(sentences, results):
+    print(f"\n{sentence}")
+    for h in hits:
+      print(f"  {h.rank:3d}  {h.score:.4f}  {h.path}")
+      if FLAGS.explain:
+        print("\n".join(explain_lines(h, searcher.layout)))
+  if FLAGS.grid:
+    grid.render_grid(grid_rows(searcher, sentences, results, FLAGS.explain)).save(FLAGS.grid)
+    print(f"\nwrote {FLAGS.grid}")
+  if FLAGS.html:
+    write_html(FLAGS.html, sentences, [[(h.path, h.score) for h in hits] for hits in results])
+    print(f"\nwrote {FLAGS.html}")
+  sys.stdout.flush()
+  return 0
+
+
 def main(argv) -> int:
-  if len(argv) != 2 or argv[1] not in ("index", "query"):
-    raise app.UsageError("usage: python -m tpsearch_jax.search index|query [flags]")
+  if len(argv) != 2 or argv[1] not in ("index", "query", "serve"):
+    raise app.UsageError("usage: python -m tpsearch_jax.search index|query|serve [flags]")
   if not FLAGS.index:
     raise app.UsageError("--index is required")
   if argv[1] == "index":
     if not FLAGS.workdir or not FLAGS.images:
       raise app.UsageError("index needs --workdir and --images")
-    build(FLAGS.workdir, FLAGS.images, FLAGS.index, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.skip_bad)
+    meta = library.build(FLAGS.workdir, FLAGS.images, FLAGS.index, FLAGS.checkpoint, FLAGS.batch_size,
+                         FLAGS.skip_bad, progress=True)
+    for path, error in meta["skipped"]:
+      print(f"skipped unreadable {path}: {error}")
+    print(f"indexed {meta['num_images']} images ({meta['num_encoded']} encoded now, {len(meta['skipped'])} skipped) "
+          f"into {FLAGS.index}")
+    return 0
+  if argv[1] == "serve":
+    server.serve(FLAGS.index, FLAGS.host, FLAGS.port, workdir=FLAGS.workdir)
     return 0
   sentences = list(FLAGS.text)
-  if FLAGS.text_file:
-    with open(FLAGS.text_file) as f:
-      sentences += [line.strip() for line in f if line.strip()]
+  for name in (FLAGS.queries, FLAGS.text_file):
+    if name:
+      with open(name) as f:
+        sentences += [line.strip() for line in f if line.strip()]
   if not sentences:
-    raise app.UsageError("query needs --text (repeatable) or --text_file")
-  results = query(FLAGS.index, sentences, FLAGS.k)
-  for sentence, hits in zip(sentences, results):
-    print(f"\n{sentence}")
-    for rank, (p, s) in enumerate(hits, 1):
-      print(f"  {rank:3d}  {s:.4f}  {p}")
-  if FLAGS.html:
-    write_html(FLAGS.html, sentences, results)
-    print(f"\nwrote {FLAGS.html}")
-  sys.stdout.flush()
-  return 0
+    raise app.UsageError("query needs --text (repeatable) or --queries FILE")
+  return run_query(sentences)
 
 
 if __name__ == "__main__":

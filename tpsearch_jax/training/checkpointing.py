@@ -4,9 +4,9 @@ Layout: ``WORKDIR/checkpoints/<step>/`` keeps the last ``keep`` saves; ``WORKDIR
 one by the selection metric. With several processes every one of them saves and restores collectively (same calls,
 same order); the work directory must be shared (a network file system or a ``gs://`` bucket). A checkpoint restores
 onto any mesh: arrays are read with the shardings of the abstract state given to ``restore`` (other process or
-device counts, replicated ↔ FSDP). Each holds ``state`` (the TrainState arrays, restored with their shardings) and ``meta``
-(JSON: step, epoch, data position, rng, best-so-far). The input pipeline is a function of (seed, step), so the data
-position is the step.
+device counts, replicated ↔ FSDP). Each holds ``state`` (the TrainState arrays, restored with their shardings) and
+``meta`` (JSON: step, epoch, data position, rng, best-so-far). The input pipeline is a function of (seed, step), so
+the data position is the step.
 """
 
 from __future__ import annotations
@@ -103,10 +103,11 @@ class Checkpointer:
         return state, meta, self.directory(which, step)
     return None
 
-  def wait(self) -> None:
-    """Block until pending async saves are written."""
-    for m in self._managers.values():
-      m.wait_until_finished()
+  def wait(self, which: str | None = None) -> None:
+    """Block until pending async saves (of ``which``, default both folders) are written."""
+    for name, m in self._managers.items():
+      if which in (None, name):
+        m.wait_until_finished()
 
   def close(self) -> None:
     self.wait()

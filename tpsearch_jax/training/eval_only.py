@@ -7,7 +7,7 @@ import ml_collections
 from tpsearch_jax import evaluate as eval_lib
 from tpsearch_jax.training import checkpointing as ckpt_lib
 from tpsearch_jax.training import runs
-from tpsearch_jax.training.setup import build_setup, initial_state
+from tpsearch_jax.training.setup import build_setup, has_pretrained, initial_state
 
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -29,10 +29,11 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     if which != "auto":
       raise FileNotFoundError(f"no {which} checkpoint in {workdir}")
-    if not config.init.clip:
+    if not has_pretrained(config):
       raise FileNotFoundError(f"nothing to evaluate: no checkpoint in {workdir}/{ckpt_lib.BEST} or "
-                              f"{workdir}/{ckpt_lib.LAST} and no --config.init.clip=PATH")
-    params, source, step = initial_state(s).params, f"init.clip={config.init.clip}", 0
+                              f"{workdir}/{ckpt_lib.LAST} and no --config.init.clip=PATH (or init.bert/vit/resnet)")
+    inits = ", ".join(f"init.{f}={config.init[f]}" for f in ("clip", "bert", "vit", "resnet") if config.init.get(f))
+    params, source, step = initial_state(s).params, inits, 0
   rows = s.evaluate(params, config.eval.splits, step, source)
   payload = eval_lib.results_payload(config, rows)
   eval_lib.report(workdir, payload)

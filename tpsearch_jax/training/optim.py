@@ -20,11 +20,16 @@ test substrings of PyTorch parameter names, later rules overriding earlier ones:
   3. name contains "bias": lr × ``optim.bias_lr_factor``, wd = ``optim.weight_decay_bias`` (overrides 2);
   4. name contains "classifier" or "mlm_head": lr × ``optim.lr_factor``, wd unchanged (so their biases: ×5, wd 0).
 
+``PAPER_GROUPS`` (pcc_paper_vit / pcc_paper_rn50; LGUR's ``train_mydecoder_pixelvit_txtimg_3_bert.py``,
+ZhiyinShao-H/LGUR): the frozen ResNet BatchNorm statistics and the BERT tower (frozen in LGUR) at lr × 0, the image
+backbone and the part model at lr × ``lr_factor`` (0.1 there: 1e-4), projections and classifier at lr × 1 (1e-3).
+
 ``NEW_MODULE_GROUPS`` (pcc, combined; our choice, no reference) gives every module outside ``params["clip"]`` the
 ×``lr_factor`` of rule 2, with rules 3 and 4 as above.
 
 The schedule multiplies the base lr by a factor of the epoch e: linear warm-up from ``warmup_factor`` over
-``warmup_epochs`` epochs, then a half cosine that reaches 0 at ``num_epochs`` (never at the last epoch). The reference
+``warmup_epochs`` epochs, then a half cosine that reaches 0 at ``num_epochs`` (never at the last epoch), or with
+``schedule.name="step"`` ×``gamma`` at each of ``milestones`` (PyTorch MultiStepLR: e ≥ 20 → 0.1, e ≥ 40 → 0.01 …). The reference
 sets it once per epoch (``schedule.per_step=False``); ``per_step=True`` uses the fractional epoch step/steps_per_epoch.
 """
 
@@ -39,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["IRRA_GROUPS", "NEW_MODULE_GROUPS", "create_optimizer", "group_rules", "group_table", "lr_factor",
+__all__ = ["IRRA_GROUPS", "NEW_MODULE_GROUPS", "PAPER_GROUPS", "create_optimizer", "group_rules", "group_table", "lr_factor",
            "make_schedule", "param_group", "param_groups", "param_labels", "path_name"]
 
 PyTree = Any
@@ -53,6 +58,14 @@ IRRA_GROUPS: tuple[Rule, ...] = (
 )
 
 NEW_MODULE_GROUPS: tuple[Rule, ...] = IRRA_GROUPS[:3] + ((r"^(?!clip/)", "lr_factor", "weight_decay"),)
+
+PAPER_GROUPS: tuple[Rule, ...] = (
+    (r"^image_backbone/.*/(mean|var)$", 0.0, 0.0),  # frozen BatchNorm statistics (models/resnet)
+    (r"^text_backbone/", 0.0, 0.0),  # BERT, frozen as in LGUR
+    (r"^(image_backbone|part_model)/", "lr_factor", "weight_decay"),
+)
+
+SCHEDULES = ("cosine", "constant", "step")
 
 
 def _path_names(path) -> tuple[str, ...]:
@@ -143,8 +156,11 @@ def param_labels(params: PyTree, optim_config) -> PyTree:
       lambda p, _: "lr×{:g} wd{:g}".format(*param_group(_path_names(p), optim_config)), params)
 
 
-def lr_factor(t, num_epochs: int, warmup_epochs: int, warmup_factor: float, name: str = "cosine", per_epoch: int = 1):
+def lr_factor(t, num_epochs: int, warmup_epochs: int, warmup_factor: float, name: str = "cosine", per_epoch: int = 1,
+              milestones: tuple[int, ...] = (), gamma: float = 0.1):
   """Schedule factor at epoch t/per_epoch (t scalar or array, int or float) → same shape, float32.
+
+  "step": gamma ** (number of ``milestones`` ≤ e) after the warm-up.
 
   The cosine is evaluated as sin²(π/2·(E − e)/(E − w)) = ½(1 + cos(π(e − w)/(E − w))), with E − e formed from the
   integer t, so the small values of the last epochs keep full float32 relative precision.
@@ -162,8 +178,11 @@ def lr_factor(t, num_epochs: int, warmup_epochs: int, warmup_factor: float, name
     after = jnp.sin(0.5 * math.pi * remaining / span) ** 2
   elif name == "constant":
     after = jnp.ones_like(e)
+  elif name == "step":
+    passed = sum((e >= m).astype(jnp.float32) for m in milestones) if milestones else jnp.zeros_like(e)
+    after = jnp.asarray(gamma, jnp.float32) ** passed
   else:
-    raise ValueError(f"config.schedule.name={name!r}: expected 'cosine' or 'constant'")
+    raise ValueError(f"config.schedule.name={name!r}: expected one of {SCHEDULES}")
   return jnp.where(e < warmup_epochs, warm, after)
 
 
@@ -172,15 +191,16 @@ def make_schedule(config, steps_per_epoch: int) -> Callable[[Any], jax.Array]:
   if steps_per_epoch <= 0:
     raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
   s, base = config.schedule, float(config.optim.lr)
-  if s.name not in ("cosine", "constant"):
-    raise ValueError(f"config.schedule.name={s.name!r}: expected 'cosine' or 'constant'")
+  if s.name not in SCHEDULES:
+    raise ValueError(f"config.schedule.name={s.name!r}: expected one of {SCHEDULES}")
   args = (int(s.num_epochs), int(s.warmup_epochs), float(s.warmup_factor), s.name)
+  step_args = dict(milestones=tuple(int(m) for m in s.get("milestones", ())), gamma=float(s.get("gamma", 0.1)))
 
   def schedule(step):
     step = jnp.asarray(step)
     if s.per_step:
-      return base * lr_factor(step, *args, per_epoch=steps_per_epoch)
-    return base * lr_factor(step // steps_per_epoch, *args)
+      return base * lr_factor(step, *args, per_epoch=steps_per_epoch, **step_args)
+    return base * lr_factor(step // steps_per_epoch, *args, **step_args)
 
   return schedule
 

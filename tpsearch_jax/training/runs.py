@@ -74,7 +74,9 @@ def restore_params(abstract, workdir: str, choice: str = "auto") -> tuple[Any, s
 def load_run(workdir: str, checkpoint: str = "auto", *, config: ml_collections.ConfigDict | None = None,
              mesh=None) -> Run:
   """Loads ``checkpoint`` of ``workdir`` with ``config`` (default: the run's own config.json) on ``mesh``
-  (default: all devices). Raises FileNotFoundError naming what was looked for."""
+  (default: every device, data parallel, so a run trained on any number of processes or devices and with
+  any ``config.mesh`` loads here; params replicated unless ``config.train.fsdp``). Raises FileNotFoundError naming
+  what was looked for."""
   config = read_config(workdir) if config is None else config
   mesh = shd.create_mesh() if mesh is None else mesh
   model = build_model(config)

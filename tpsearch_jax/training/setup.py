@@ -14,7 +14,7 @@ from tpsearch_jax import evaluate as eval_lib
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.data import datasets, input_pipeline
 from tpsearch_jax.checkpoints import load_clip_params
-from tpsearch_jax.models import build_model, model_options
+from tpsearch_jax.models import backbones, build_model, model_options
 from tpsearch_jax.training import optim
 from tpsearch_jax.training import state as state_lib
 from tpsearch_jax.training.config_checks import check_parallelism, resolve_config, warn_if_test_selection
@@ -94,9 +94,33 @@ def pretrained_clip_params(config):
   return load_clip_params(config.init.clip, model_options(config)[0])
 
 
+def pretrained_backbone_params(config) -> dict:
+  """``config.init.bert`` / ``vit`` / ``resnet`` → {"text_backbone", "image_backbone"} numpy subtrees ({} for CLIP)."""
+  clip, options, _ = model_options(config)
+  if options.backbone == "clip":
+    unused = [f for f in ("bert", "vit", "resnet") if config.init.get(f)]
+    if unused:
+      raise ValueError(f"config.init.{unused[0]} is set but config.model.backbone='clip' (use config.init.clip)")
+    return {}
+  if config.init.get("clip"):
+    raise ValueError(f"config.init.clip is set but config.model.backbone={options.backbone!r}: use config.init.bert "
+                     "and config.init.vit / config.init.resnet")
+  found = backbones.pretrained_params(config.init, clip, options)
+  for key, field in (("text_backbone", "bert"), ("image_backbone", "vit/resnet")):
+    logging.info("Initialising params['%s'] from config.init.%s" if key in found else
+                 "params['%s'] random (config.init.%s not set)", key, field)
+  return found
+
+
+def has_pretrained(config) -> bool:
+  """Whether any ``config.init`` weight path is set."""
+  return any(config.init.get(f) for f in ("clip", "bert", "vit", "resnet"))
+
+
 def initial_state(s: Setup):
-  """A freshly initialised TrainState (with ``config.init.clip`` weights when set)."""
+  """A freshly initialised TrainState (with the ``config.init.*`` weights that are set)."""
   state, _, _ = state_lib.create_train_state(s.config, s.model, s.mesh, jax.random.PRNGKey(int(s.config.seed)),
                                              steps_per_epoch=s.steps_per_epoch,
-                                             clip_params=pretrained_clip_params(s.config))
+                                             clip_params=pretrained_clip_params(s.config),
+                                             pretrained=pretrained_backbone_params(s.config))
   return state

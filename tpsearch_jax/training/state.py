@@ -51,7 +51,10 @@ def _init_batch(config, example_batch: Mapping[str, np.ndarray] | None) -> dict[
 
 def abstract_train_state(config, model, mesh, example_batch: Mapping[str, np.ndarray] | None = None, *,
                          steps_per_epoch: int = 1):
-  """(abstract TrainState of ShapeDtypeStructs with shardings, tx, state shardings) — nothing allocated."""
+  """(abstract TrainState of ShapeDtypeStructs with shardings, tx, state shardings) — nothing allocated.
+
+  Params and optimizer state are FSDP-sharded over the mesh's "fsdp" axis when it has several devices (arrays of at
+  least ``config.train.fsdp_min_size`` elements), else replicated (``sharding.tree_shardings``)."""
   tx = optim.create_optimizer(config, steps_per_epoch)
   rng = jax.random.PRNGKey(0)
   params = jax.eval_shape(_init_fn(model, _init_batch(config, example_batch)), rng)
@@ -66,19 +69,25 @@ def abstract_train_state(config, model, mesh, example_batch: Mapping[str, np.nda
 
 
 def create_train_state(config, model, mesh, rng: jax.Array, example_batch: Mapping[str, np.ndarray] | None = None,
-                       *, steps_per_epoch: int = 1, clip_params: Mapping | None = None):
+                       *, steps_per_epoch: int = 1, clip_params: Mapping | None = None,
+                       pretrained: Mapping[str, Any] | None = None):
   """Initialised TrainState on ``mesh`` → (state, tx, state shardings).
 
   rng: PRNGKey uint32 [2] (params, then the per-step keys fold in the step). example_batch: any batch of the batch
   contract's shapes (default: ``batch.fake_train_batch``). clip_params: pretrained ``params["clip"]`` subtree (numpy)
-  to replace the random one.
+  to replace the random one. pretrained: {top-level param name: numpy subtree} replacing those subtrees (the paper
+  backbones' ``image_backbone`` / ``text_backbone``).
   """
   abstract, tx, shardings = abstract_train_state(config, model, mesh, example_batch, steps_per_epoch=steps_per_epoch)
   k_init, k_state = jax.random.split(rng)
   params = jax.jit(_init_fn(model, _init_batch(config, example_batch)), out_shardings=shardings.params)(k_init)
+  pretrained = dict(pretrained or {})
   if clip_params is not None:
+    pretrained["clip"] = clip_params
+  if pretrained:
     params = dict(params)
-    params["clip"] = place_like(clip_params, abstract.params["clip"], shardings.params["clip"], "pretrained CLIP")
+    for key, tree in pretrained.items():
+      params[key] = place_like(tree, abstract.params[key], shardings.params[key], f"pretrained {key}")
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
   step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
   state = TrainState(step=step, params=params, opt_state=opt_state, rng=jax.device_put(k_state, shardings.rng))

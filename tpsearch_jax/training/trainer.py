@@ -152,6 +152,8 @@ def _train_loop(s: Setup, workdir, writer, checkpointer, state, step: int, best:
   def save(at_step, which=ckpt_lib.LAST):
     with progress.paused():
       checkpointer.save(at_step, state, meta(at_step), which)
+      if which == ckpt_lib.BEST:  # written before any later checkpoint that records it as the best can exist, so a
+        checkpointer.wait(ckpt_lib.BEST)  # run killed at any moment resumes with its best on disk
 
   def preemption_requested(flag, at_step) -> bool:
     if jax.process_count() == 1:

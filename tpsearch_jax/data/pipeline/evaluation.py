@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tpsearch_jax.models.clip import tokenizer
+from tpsearch_jax.models import text_tokenizers
 from tpsearch_jax.data.pipeline import checks, image_ops, options, sources
 
 
@@ -60,7 +60,7 @@ def eval_datasets(split: Any, config_data: Any, batch_size: int, *, process_inde
   image_pids = np.asarray(split.image_pids, np.int32)
   keep = checks.screen(keys, config_data, f"eval split {name} ({source.where})", source.check)
   keys, image_pids = [p for p, k in zip(keys, keep) if k], image_pids[keep]
-  caption_ids = tokenizer.tokenize(list(split.captions), int(config_data.context_length))
+  caption_ids = text_tokenizers.caption_tokenizer(config_data)(list(split.captions), int(config_data.context_length))
   caption_pids = np.asarray(split.caption_pids, np.int32)
   local = batch_size // process_count
 

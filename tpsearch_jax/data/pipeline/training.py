@@ -20,7 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from tpsearch_jax.data import masking, samplers
-from tpsearch_jax.models.clip import tokenizer
+from tpsearch_jax.models import text_tokenizers
 from tpsearch_jax.data.pipeline import checks, image_ops, options, sources
 
 RECORD_FIELDS = ("pid", "image_id", "image_path", "caption")
@@ -54,7 +54,7 @@ def train_table(records: Sequence[Any], config_data: Any, source: sources.Folder
   keep = checks.screen(fields["image_path"], config_data, f"train ({source.where})", source.check)
   fields = {n: [v for v, k in zip(vals, keep) if k] for n, vals in fields.items()}
   start = time.perf_counter()
-  caption_ids = tokenizer.tokenize(fields["caption"], int(config_data.context_length))
+  caption_ids = text_tokenizers.caption_tokenizer(config_data)(fields["caption"], int(config_data.context_length))
   logging.info("tokenized %d captions in %.1f s", len(caption_ids), time.perf_counter() - start)
   table = TrainTable(np.array(fields["image_path"], object), np.array(fields["pid"], np.int32),
                      np.array(fields["image_id"], np.int32), caption_ids)
@@ -115,7 +115,10 @@ class TrainPipeline:
     lo, local, table = self.process_index * self.local_batch_size, self.local_batch_size, self.table
     indices = self.indexer.global_batch(int(step))
     ids = table.caption_ids[indices]  # the whole global batch, so masking does not depend on the process count
-    mlm_ids, mlm_labels = masking.mask_tokens(ids, np.random.default_rng([self.seed % 2**63, int(step), 1]))
+    if text_tokenizers.masks_tokens(self.config_data):
+      mlm_ids, mlm_labels = masking.mask_tokens(ids, np.random.default_rng([self.seed % 2**63, int(step), 1]))
+    else:  # BERT ids: no MLM masking path (the MLM head is CLIP-only); the masked copy equals the caption
+      mlm_ids, mlm_labels = ids.copy(), np.zeros_like(ids)
     valid = self.indexer.global_valid(int(step))
     mlm_labels = np.where(valid[:, None], mlm_labels, 0).astype(np.int32)  # padding rows: nothing to predict
     ids, mlm_ids, mlm_labels, indices, valid = (a[lo:lo + local] for a in (ids, mlm_ids, mlm_labels, indices, valid))

@@ -1,21 +1,27 @@
-"""Converts a pretrained CLIP checkpoint once into Flax params for a given image size.
+"""Converts a pretrained checkpoint (CLIP, BERT, ImageNet ViT or ResNet) once into Flax params for a given image size.
 
   python -m tpsearch_jax.models.clip.convert --src=PATH --dst=FILE.msgpack --image_size=384,128
 
 (``python -m tpsearch_jax.checkpoints.convert`` runs the same command.)
 
-PATH: an HF folder (model.safetensors + config.json) or an OpenAI-layout .npz. The output loads with
-``load_clip(FILE.msgpack)`` or ``--config.init.clip=FILE.msgpack``.
+PATH: an HF folder (model.safetensors + config.json) or an OpenAI-layout .npz (CLIP). The kind comes from
+config.json's model_type ("clip", "bert", "vit", "resnet"), or ``--kind``. The output loads with ``load_clip`` /
+``load_bert`` / ``load_vit`` / ``load_resnet50`` (FILE.msgpack) or ``--config.init.clip`` / ``bert`` / ``vit`` /
+``resnet=FILE.msgpack``. BERT and ResNet weights do not depend on the image size (``--image_size`` is ignored).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import pathlib
 import sys
 
 from tpsearch_jax.models.clip.layouts import CheckpointError, architecture_summary
 from tpsearch_jax.models.clip.weights import convert_checkpoint
+
+KINDS = ("clip", "bert", "vit", "resnet")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -26,23 +32,48 @@ def _size(text: str) -> tuple[int, int]:
   return h, w
 
 
+def detect_kind(src: str) -> str:
+  """config.json's model_type beside / inside ``src`` when it is a BERT, ViT or ResNet; "clip" otherwise."""
+  path = pathlib.Path(src)
+  config = (path if path.is_dir() else path.parent) / "config.json"
+  try:
+    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+  except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+    model_type = None
+  return model_type if model_type in KINDS[1:] else "clip"
+
+
+def convert(kind: str, src: str, dst: str, image_size, vision_heads=None, text_heads=None) -> str:
+  """Converts ``src`` of ``kind`` into ``dst``; returns the architecture summary."""
+  if kind == "clip":
+    return architecture_summary(convert_checkpoint(src, dst, image_size, vision_heads=vision_heads,
+                                                   text_heads=text_heads))
+  from tpsearch_jax.models.bert import convert_bert  # the paper backbones, imported only when converted
+  from tpsearch_jax.models.resnet import convert_resnet
+  from tpsearch_jax.models.vit import convert_vit
+  if kind == "vit":
+    return convert_vit(src, dst, image_size)
+  return convert_bert(src, dst) if kind == "bert" else convert_resnet(src, dst)
+
+
 def main(argv: list[str] | None = None) -> int:
   """CLI entry point; returns the process exit code."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--src", required=True, help="HF folder / .safetensors / OpenAI-layout .npz")
+  parser.add_argument("--kind", choices=KINDS, default=None, help="default: config.json's model_type, else clip")
   parser.add_argument("--dst", required=True, help="output .msgpack")
   parser.add_argument("--image_size", type=_size, default=None, help="H,W; default: the checkpoint's own")
   parser.add_argument("--vision_heads", type=int, default=None, help="OpenAI layout only; default width // 64")
   parser.add_argument("--text_heads", type=int, default=None, help="OpenAI layout only; default width // 64")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  kind = args.kind or detect_kind(args.src)
   try:
-    config = convert_checkpoint(args.src, args.dst, args.image_size, vision_heads=args.vision_heads,
-                                text_heads=args.text_heads)
+    summary = convert(kind, args.src, args.dst, args.image_size, args.vision_heads, args.text_heads)
   except (CheckpointError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(f"wrote {args.dst}: {architecture_summary(config)}")
+  print(f"wrote {args.dst}: {summary}")
   return 0
 
 
