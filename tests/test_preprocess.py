@@ -28,9 +28,10 @@ def smooth_image(rng: np.random.Generator, size: tuple[int, int], mode: str = "R
   return Image.fromarray(pixels).convert(mode)
 
 
-def pipeline_images(paths: list[str], size=TARGET) -> np.ndarray:
+def pipeline_images(paths: list[str], size=TARGET, normalization="clip") -> np.ndarray:
   split = Split("test", np.arange(len(paths)), paths, np.arange(1), ["a person"])
-  images, _ = ip.eval_datasets(split, fx.data_config(image_size=size, num_parallel_calls=2), len(paths))
+  config = fx.data_config(image_size=size, num_parallel_calls=2, normalization=normalization)
+  images, _ = ip.eval_datasets(split, config, len(paths))
   return next(iter(images))["images"]
 
 
@@ -95,3 +96,17 @@ def test_normalisation_constants_and_order():
 def test_preprocess_does_not_import_tensorflow():
   code = "import sys, tpsearch_jax.data.preprocess; sys.exit('tensorflow' in sys.modules)"
   assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("name, mean, std", [
+    ("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision's ResNet-50 statistics
+    ("half", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # google/vit-base-patch16-224's image processor
+])
+def test_other_normalisations_match_the_formula_and_the_pipeline(files, name, mean, std):
+  x = np.array([[[0, 128, 255]]], np.float32)
+  np.testing.assert_allclose(preprocess.normalise(x, name), (x / 255 - np.array(mean)) / np.array(std), atol=1e-6)
+  want = pipeline_images(files[:3], normalization=name)
+  for path, ref in zip(files[:3], want):
+    np.testing.assert_allclose(preprocess.load_eval_image(path, TARGET, name), ref, atol=1e-4, rtol=0)
+  with pytest.raises(ValueError, match="config.data.normalization"):
+    preprocess.normalise(x, "imagenet21k")

@@ -72,6 +72,7 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="",  # cuhk_pedes | icfg_pedes | rstp_reid | synthetic_pedes
       root="",  # dataset folder holding imgs/ and the annotation JSON
+      normalization="clip",  # image mean/std: "clip" | "imagenet" (ResNet-50) | "half" (ImageNet ViT); data/preprocess
       context_length=77,
       tokenizer="clip",  # "clip" (BPE) | "bert" (WordPiece: the pcc_paper_* presets)
       tokenizer_path=config_dict.placeholder(str),  # BERT folder or vocab.txt; None: config.init.bert's folder

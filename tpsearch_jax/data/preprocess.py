@@ -18,9 +18,23 @@ from PIL import Image
 
 from tpsearch_jax.models.clip.image_stats import CLIP_MEAN, CLIP_STD
 
-# The pipeline's normalisation constants, applied in this order (multiply, then add) in float32.
-NORM_SCALE = np.asarray([1 / (255 * s) for s in CLIP_STD], np.float32)
-NORM_OFFSET = np.asarray([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)], np.float32)
+# config.data.normalization → (mean, std) of [0, 1] RGB pixels: CLIP's, ImageNet's (torchvision ResNet-50), or 0.5
+# (the ImageNet-21k ViT-B/16 of google/vit-base-patch16-224).
+NORMALIZATIONS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                  "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+
+
+def norm_constants(name: str = "clip") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """config.data.normalization → float32 (scale [3] = 1/(255·std), offset [3] = −mean/std, mean [3]), the
+  pipeline's constants, applied in this order (multiply, then add)."""
+  if name not in NORMALIZATIONS:
+    raise ValueError(f"config.data.normalization must be one of {sorted(NORMALIZATIONS)}, got {name!r}")
+  mean, std = NORMALIZATIONS[name]
+  return (np.asarray([1 / (255 * s) for s in std], np.float32),
+          np.asarray([-m / s for m, s in zip(mean, std)], np.float32), np.asarray(mean, np.float32))
+
+
+NORM_SCALE, NORM_OFFSET, _ = norm_constants("clip")
 
 
 def decode_rgb(source: str | os.PathLike | bytes) -> np.ndarray:
@@ -54,11 +68,13 @@ def resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
   return out.astype(np.float32)
 
 
-def normalise(image: np.ndarray) -> np.ndarray:
+def normalise(image: np.ndarray, normalization: str = "clip") -> np.ndarray:
   """float32 [H, W, 3] in [0, 255] -> float32 (x / 255 − mean) / std, computed as x · scale + offset."""
-  return np.asarray(image, np.float32) * NORM_SCALE + NORM_OFFSET
+  scale, offset, _ = norm_constants(normalization)
+  return np.asarray(image, np.float32) * scale + offset
 
 
-def load_eval_image(path: str | os.PathLike | bytes, image_size: Sequence[int]) -> np.ndarray:
+def load_eval_image(path: str | os.PathLike | bytes, image_size: Sequence[int],
+                    normalization: str = "clip") -> np.ndarray:
   """Image file (or its encoded bytes) -> float32 [H, W, 3], (H, W) = image_size: the eval pipeline's pixels."""
-  return normalise(resize(decode_rgb(path), image_size))
+  return normalise(resize(decode_rgb(path), image_size), normalization)

@@ -55,10 +55,11 @@ _METHODS = {
                  {"optim.param_groups": NEW_MODULE_GROUPS}),
     # Park et al. as published [S]: BERT-base-uncased + ImageNet ViT-B/16 (24×8 patch grid at 384×128), projected to
     # E = 512; the pcc part model and losses; the lineage recipe above.
-    "pcc_paper_vit": (dict(_PARTS, global_pool="max", backbone="vit_bert"), _PAPER_LOSSES, _PAPER_RECIPE),
+    "pcc_paper_vit": (dict(_PARTS, global_pool="max", backbone="vit_bert"), _PAPER_LOSSES,
+                      dict(_PAPER_RECIPE, **{"data.normalization": "half"})),
     # The same with ResNet-50 (frozen BatchNorm statistics), last stride 1: a 24×8 map at 384×128.
     "pcc_paper_rn50": (dict(_PARTS, global_pool="max", backbone="rn50_bert", resnet=dict(last_stride=1)),
-                       _PAPER_LOSSES, _PAPER_RECIPE),
+                       _PAPER_LOSSES, dict(_PAPER_RECIPE, **{"data.normalization": "imagenet"})),
 }
 
 METHODS = tuple(_METHODS)

@@ -122,7 +122,7 @@ def text_encoder(model, mesh):
 
 
 def encode_images(model, mesh, params, paths: Sequence[str], image_size, batch_size: int, skip_bad: bool,
-                  progress: bool = False):
+                  progress: bool = False, normalization: str = "clip"):
   """Image files → (f32 [n, D] vectors, f32 [n, N] foreground or None, kept paths [n], bad [(path, error)]).
 
   An unreadable file raises ValueError naming it unless ``skip_bad``. ``progress``: a progress bar on stderr.
@@ -135,7 +135,7 @@ def encode_images(model, mesh, params, paths: Sequence[str], image_size, batch_s
   with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
     for start in range(0, len(paths), batch_size):
       chunk = paths[start:start + batch_size]
-      futures = [pool.submit(load_image, p, image_size) for p in chunk]
+      futures = [pool.submit(load_image, p, image_size, normalization) for p in chunk]
       images, ok = [], []
       for p, fut in zip(chunk, futures):
         try:
@@ -232,8 +232,9 @@ def build(workdir: str, images: str, index_dir: str, checkpoint: str = "auto", b
   image_size = tuple(run.config.data.image_size)
   logging.info("%d images under %s: %d to encode, %d already in the index", len(paths), root, len(todo),
                len(paths) - len(todo))
+  normalization = run.config.data.get("normalization", "clip")  # runs from before the field: CLIP's
   new_emb, new_fg, kept, bad = (encode_images(run.model, run.mesh, run.params, todo, image_size, batch_size, skip_bad,
-                                              progress) if todo else (None, None, [], []))
+                                              progress, normalization) if todo else (None, None, [], []))
   fresh, changed = {p: i for i, p in enumerate(kept)}, set(todo)
   rows, emb, fg = [], [], []
   for i, p in enumerate(paths):

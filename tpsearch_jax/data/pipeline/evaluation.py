@@ -54,7 +54,7 @@ def eval_datasets(split: Any, config_data: Any, batch_size: int, *, process_inde
   options.require_fields(config_data, options.IMAGE_FIELDS, f"eval pipeline {name}".strip())
   options.init_tf()
   image_size = tuple(int(v) for v in config_data.image_size)
-  ops = image_ops.ImageOps(image_size)
+  ops = image_ops.ImageOps(image_size, config_data.normalization)
   source = sources.image_source(config_data, name)
   keys = [source.key(p) for p in split.image_paths]
   image_pids = np.asarray(split.image_pids, np.int32)

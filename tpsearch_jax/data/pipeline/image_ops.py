@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tpsearch_jax.models.clip.image_stats import CLIP_MEAN, CLIP_STD
+from tpsearch_jax.data import preprocess
 
 PAD_PIXELS = 10
 ERASE_AREA = (0.02, 0.4)
@@ -84,12 +84,11 @@ class ImageOps:
   """Per-example image transforms at one output size. Per-channel constants are stored at full [H, W, 3] size:
   TF's elementwise kernels are several times slower when they broadcast a [3] vector."""
 
-  def __init__(self, image_size: Sequence[int]):
+  def __init__(self, image_size: Sequence[int], normalization: str = "clip"):
     self.size = (int(image_size[0]), int(image_size[1]))
     full = lambda v: tf.constant(np.broadcast_to(np.asarray(v, np.float32), (*self.size, 3)))  # noqa: E731
-    self.scale = full([1 / (255 * s) for s in CLIP_STD])
-    self.offset = full([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)])
-    self.fill = full(CLIP_MEAN)
+    scale, offset, mean = preprocess.norm_constants(normalization)
+    self.scale, self.offset, self.fill = full(scale), full(offset), full(mean)
 
   def normalise(self, image: tf.Tensor) -> tf.Tensor:
     """[H, W, 3] in [0, 255] -> (x / 255 − mean) / std, computed as x · 1/(255·std) + (−mean/std)."""

@@ -98,7 +98,7 @@ class TrainPipeline:
     self.steps_per_epoch = self.indexer.sampler.steps_per_epoch
     self.with_valid = not self.indexer.sampler.drop_last
     self.num_examples = len(self.table.keys)
-    self._ops = image_ops.ImageOps(config_data.image_size)
+    self._ops = image_ops.ImageOps(config_data.image_size, config_data.normalization)
     self._keys = tf.constant(self.table.keys.astype(str))
 
   def local_indices(self, step: int) -> np.ndarray:
