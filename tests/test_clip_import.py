@@ -130,7 +130,7 @@ def test_msgpack_round_trip_and_cli(tmp_path, ref):
   with pytest.raises(CheckpointError, match="converted for images"):
     load_clip(dst, image_size=(32, 32))
   # the npz needs heads; the CLI reports the problem instead of a traceback
-  assert convert_cli.main([f"--src={OPENAI_NPZ}", f"--dst={tmp_path / 'x.msgpack'}"]) == 1
+  assert convert_cli.main([f"--src={OPENAI_NPZ}", f"--dst={tmp_path / 'x.msgpack'}"]) == 2
   cfg = convert_checkpoint(OPENAI_NPZ, tmp_path / "oa.msgpack", **TINY_HEADS)
   assert cfg.vision_heads == 4
   _assert_parity(*load_clip(tmp_path / "oa.msgpack"), ref)

@@ -293,8 +293,10 @@ def test_truncated_jpeg_is_named_when_decoding_fails(tmp_path):
   (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[:len(buf.getvalue()) // 2])
   good = write(tmp_path / "ok.png", np.zeros((H, W, 3), np.uint8), "PNG")
   recs = [Rec(0, 0, good, "a man")] * 7 + [Rec(1, 1, str(tmp_path / "cut.jpg"), "a woman")]
-  it = ip.train_iterator(recs, config(), 8, seed=0)  # the header pre-scan passes
-  with pytest.raises(ip.ImageDecodeError, match="cut.jpg"):
+  with pytest.raises(ip.ImageDecodeError, match="cut.jpg"):  # the pre-scan decodes in full
+    ip.train_iterator(recs, config(), 8, seed=0)
+  it = ip.train_iterator(recs, config(verify_images=False), 8, seed=0)
+  with pytest.raises(ip.ImageDecodeError, match="cut.jpg"):  # without it, named when the stream reaches it
     next(it)
   assert len(take(ip.train_iterator(recs[:-1] * 2, config(skip_corrupt=True), 8, seed=0), 1)) == 1
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import types
+from typing import Sequence
+
+from tpsearch_jax.user_errors import UserError, first_line, nearest
 
 
 def load_config_module(path: str) -> types.ModuleType:
@@ -17,3 +20,46 @@ def load_config_module(path: str) -> types.ModuleType:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def _flag_value(argv: Sequence[str], name: str) -> str | None:
+  """The value of the last ``name=V`` / ``name V`` in ``argv`` (absl keeps the last), or None."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"{name}="):
+      value = arg.split("=", 1)[1]
+    elif arg == name and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def check_config_flags(argv: Sequence[str]) -> None:
+  """Checks before absl parses ``argv``: ``--config`` is given and loads, and every ``--config.<path>`` override names
+  an existing field; raises UserError naming the flag (with the nearest field) otherwise."""
+  value = _flag_value(argv, "--config")
+  if not value:
+    raise UserError("--config is required, e.g. --config=configs/cuhk.py:irra (a file in configs/ and a method)")
+  path, _, arg = value.partition(":")
+  try:
+    module = load_config_module(path)
+    config = module.get_config(arg) if arg else module.get_config()
+  except FileNotFoundError as e:
+    raise UserError(f"--config={value}: {e}") from e
+  except Exception as e:  # pylint: disable=broad-except  (a config file may raise anything for a bad argument)
+    raise UserError(f"--config={value}: {first_line(e)}") from e
+  for arg in argv:
+    name = arg.split("=", 1)[0]
+    for prefix in ("--config.", "--noconfig."):
+      if name.startswith(prefix):
+        _check_field(config, name[len(prefix):], name)
+
+
+def _check_field(config, dotted: str, flag: str) -> None:
+  node, walked = config, "config"
+  for key in dotted.split("."):
+    if not hasattr(node, "keys") or key not in node:
+      fields = list(node.keys()) if hasattr(node, "keys") else []
+      where = f"{walked} has no field {key!r}" if fields else f"{walked} is not a section"
+      hint = nearest(key, fields) or (f" (its fields: {', '.join(sorted(fields))})" if fields else "")
+      raise UserError(f"{flag}: {where}{hint}")
+    node, walked = node[key], f"{walked}.{key}"

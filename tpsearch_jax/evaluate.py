@@ -143,13 +143,53 @@ class Evaluator:
   def evaluate(self, params, image_batches, text_batches) -> dict[str, float | int]:
     """Gallery/query batches → {"R1","R5","R10","mAP","mINP" (percent), "num_queries", "num_gallery",
     "num_queries_without_positive"}; every process gets the same row."""
+    return self.evaluate_with_subsets(params, image_batches, text_batches)[0]
+
+  def evaluate_with_subsets(self, params, image_batches, text_batches,
+                            query_subsets: Mapping[str, Any] | None = None) -> tuple[dict, dict[str, dict]]:
+    """As ``evaluate``, plus one row per query subset against the same gallery → (row, {name: row}).
+
+    query_subsets: {name: int indices [n] or bool mask [Q] over the split's queries in their global order (the
+    order of ``annotations.EvalSplit.captions``)}.
+    """
     gallery, gallery_pids = self.encode(params, image_batches, "images")
     queries, query_pids, rows = self.encode_local(params, text_batches, "caption_ids")
     logging.info("process %d/%d scores its %d queries (of %d rows read) against the %d gallery items on %d devices",
                  jax.process_index(), jax.process_count(), len(query_pids), rows, len(gallery_pids),
                  self.local_mesh.size)
-    total = _sum_over_processes(np.append(self._local_sums(queries, query_pids, gallery, gallery_pids),
-                                          len(query_pids)))
+    row = self._row(queries, query_pids, gallery, gallery_pids)
+    subsets = {}
+    if query_subsets:
+      positions = self._global_query_index(text_batches)  # [n_local]: global query index of each local query
+      for name, subset in query_subsets.items():
+        subset = np.asarray(subset)
+        if subset.dtype == bool:
+          if len(positions) and len(subset) <= positions.max():
+            raise ValueError(f"query subset {name!r}: a mask of {len(subset)} entries for more queries")
+          keep, size = subset[positions], int(subset.sum())
+        else:
+          keep, size = np.isin(positions, subset), len(np.unique(subset))
+        if not size:
+          raise ValueError(f"query subset {name!r} is empty")
+        idx = np.flatnonzero(keep)
+        sub = self._take([queries], idx, NamedSharding(self.local_mesh, P())) if len(idx) else None
+        subsets[name] = self._row(sub, query_pids[idx], gallery, gallery_pids)
+    return row, subsets
+
+  @staticmethod
+  def _global_query_index(text_batches) -> np.ndarray:
+    """int64 [n_local]: the global query index of each of this process's valid query rows (the eval pipeline's
+    layout: process p holds rows p·b … (p+1)·b − 1 of every global batch of b·processes rows)."""
+    valid = np.concatenate([np.asarray(b["valid"], bool) for b in text_batches])
+    b = len(valid) // max(len(text_batches), 1)
+    r = np.arange(len(valid))
+    idx = (r // b) * b * jax.process_count() + jax.process_index() * b + r % b
+    return idx[valid]
+
+  def _row(self, queries, query_pids, gallery, gallery_pids) -> dict[str, float | int]:
+    """Metrics row of these (local) queries, summed over processes; raises MetricsError like ``evaluate``."""
+    local = self._local_sums(queries, query_pids, gallery, gallery_pids)  # no local queries: zeros
+    total = _sum_over_processes(np.append(local, len(query_pids)))
     with_pos, sums, without, failed, num_queries = total[0], total[1:6], total[6], total[7], total[8]
     if failed:
       raise MetricsError(f"retrieval metrics failed on {int(failed)} process(es); see the error logged above or in "
@@ -174,9 +214,9 @@ def format_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def write_results(workdir: str, payload: Mapping[str, Any]) -> str:
-  """Writes ``payload`` to WORKDIR/results.json (process 0 only); returns the path."""
-  path = epath.Path(workdir) / RESULTS_FILE
+def write_results(workdir: str, payload: Mapping[str, Any], name: str = RESULTS_FILE) -> str:
+  """Writes ``payload`` to WORKDIR/``name`` (default results.json; process 0 only); returns the path."""
+  path = epath.Path(workdir) / name
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
@@ -184,19 +224,25 @@ def write_results(workdir: str, payload: Mapping[str, Any]) -> str:
 
 
 def evaluate_splits(evaluator: Evaluator, params, batches_of: Callable[[str], tuple[Iterable, Iterable]],
-                    splits: Sequence[str], step: int, checkpoint: str, epoch: int | None = None) -> dict[str, dict]:
-  """{split: metrics row + step, checkpoint (and epoch)} for ``splits``; ``batches_of(split)`` → (images, texts)."""
+                    splits: Sequence[str], step: int, checkpoint: str, epoch: int | None = None,
+                    query_subsets: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict]:
+  """{split: metrics row + step, checkpoint (and epoch)} for ``splits``; ``batches_of(split)`` → (images, texts).
+
+  query_subsets: {split: {name: query indices or mask}} (``Evaluator.evaluate_with_subsets``); each adds the row
+  "<split>_<name>" (e.g. "test_hard") after its split's row.
+  """
   rows = {}
   for split in splits:
     t0 = time.time()
     images, texts = batches_of(split)
-    row = evaluator.evaluate(params, images, texts)
-    row.update(step=int(step), checkpoint=checkpoint)
-    if epoch is not None:
-      row["epoch"] = int(epoch)
-    rows[split] = row
-    logging.info("eval %s @ step %d (%s): %s [%.1fs]", split, step, checkpoint,
-                 ", ".join(f"{k} {row[k]:.3f}" for k in METRIC_KEYS), time.time() - t0)
+    row, subsets = evaluator.evaluate_with_subsets(params, images, texts, (query_subsets or {}).get(split))
+    for name, r in {split: row, **{f"{split}_{k}": v for k, v in subsets.items()}}.items():
+      r.update(step=int(step), checkpoint=checkpoint)
+      if epoch is not None:
+        r["epoch"] = int(epoch)
+      rows[name] = r
+      logging.info("eval %s @ step %d (%s): %s [%.1fs]", name, step, checkpoint,
+                   ", ".join(f"{k} {r[k]:.3f}" for k in METRIC_KEYS), time.time() - t0)
   return rows
 
 
@@ -209,9 +255,9 @@ def results_payload(config, rows: Mapping[str, dict], last_rows: Mapping[str, di
   return payload
 
 
-def report(workdir: str, payload: Mapping[str, Any]) -> str:
-  """Writes results.json and prints the results table (process 0); returns the file's path."""
-  path = write_results(workdir, payload)
+def report(workdir: str, payload: Mapping[str, Any], name: str = RESULTS_FILE) -> str:
+  """Writes WORKDIR/``name`` (default results.json) and prints the results table (process 0); returns its path."""
+  path = write_results(workdir, payload, name)
   table = dict(payload["splits"])
   table.update({f"{k} (last)": v for k, v in payload.get("last", {}).items()})
   if jax.process_index() == 0:

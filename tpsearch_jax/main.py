@@ -5,6 +5,9 @@ launched as one of several (see ``_distributed_kwargs`` and launch/README.md). A
 the coordinator notices its missing heartbeats (``--heartbeat_timeout_s``) and every process exits with "the JAX
 distributed service detected fatal errors ... another task died"; an error raised in one process exits it at once
 (without the shutdown barrier), which the others see the same way. Rerunning the same command resumes.
+
+A mistake in the input (a config key, a file, a checkpoint) is reported on one line naming what to fix, with exit
+status 2 (``user_errors``); ``--verbose`` or ``--pdb`` show the traceback instead.
 """
 
 from __future__ import annotations
@@ -17,14 +20,17 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from tpsearch_jax import config_files, user_errors
 from tpsearch_jax.training import eval_only, trainer
 
 FLAGS = flags.FLAGS
+PROGRAM = "tpsearch_jax.main"
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.json.", required=True)
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes from --workdir) or eval only.")
 flags.DEFINE_integer("heartbeat_timeout_s", 100, "Several processes: a process silent for this long counts as dead "
                      "and every process stops.")
 flags.DEFINE_integer("initialization_timeout_s", 300, "Several processes: how long to wait for all to connect.")
+flags.DEFINE_bool("verbose", False, "Show the traceback of input errors instead of one line.")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cuhk.py:irra.", lock_config=True)
 
 
@@ -65,6 +71,9 @@ def _maybe_initialize_distributed() -> bool:
 
 
 def _run() -> int:
+  workdir = FLAGS.workdir
+  if "://" not in workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise user_errors.UserError(f"--workdir={workdir} is a file, not a folder: pass a new or existing run folder")
   logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.default_backend())
   if FLAGS.mode == "eval":
@@ -77,12 +86,18 @@ def _run() -> int:
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  verbose = FLAGS.verbose or FLAGS.pdb_post_mortem
   if not _maybe_initialize_distributed() or jax.process_count() == 1:
-    return _run()
+    return user_errors.exit_on_user_error(_run, program=PROGRAM, verbose=verbose)
   try:
     return _run()
   except trainer.COLLECTIVE_ERRORS:
     raise  # every process raised it: they leave through the shutdown barrier together
+  except user_errors.USER_FACING as e:
+    if verbose:
+      raise
+    print(f"{PROGRAM}: error (process {jax.process_index()}): {e}", file=sys.stderr, flush=True)
+    os._exit(2)
   except BaseException as e:  # pylint: disable=broad-except
     # Only this process failed. The normal exit waits at the shutdown barrier for the others, which wait for this
     # one in their next collective: exit now, so the coordinator sees this process gone and stops the others.
@@ -96,5 +111,14 @@ def main(argv) -> int:
     os._exit(130 if isinstance(e, KeyboardInterrupt) else 1)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """``python -m tpsearch_jax.main``: the config flags are checked (one line on a mistake) before absl parses them."""
+  code = user_errors.exit_on_user_error(lambda: config_files.check_config_flags(sys.argv[1:]) or 0, program=PROGRAM,
+                                        verbose="--verbose" in sys.argv or "--pdb" in sys.argv)
+  if code:
+    sys.exit(code)
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -20,6 +20,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from tpsearch_jax.user_errors import UserError
+
 DATA, FSDP = "data", "fsdp"
 AXES = (DATA, FSDP)
 BATCH_AXES = (DATA, FSDP)  # the batch (leading) dimension is split over every device
@@ -30,16 +32,16 @@ def mesh_shape(num_devices: int, data: int = -1, fsdp: int = 1, what: str = "con
   sizes = {DATA: int(data), FSDP: int(fsdp)}
   for name, v in sizes.items():
     if v == 0 or v < -1:
-      raise ValueError(f"{what}.{name}={v}: expected a positive number of devices or -1 (the rest)")
+      raise UserError(f"{what}.{name}={v}: expected a positive number of devices or -1 (the rest)")
   if sizes[DATA] == -1 and sizes[FSDP] == -1:
-    raise ValueError(f"{what}.data and {what}.fsdp are both -1: at most one axis takes the rest of the devices")
+    raise UserError(f"{what}.data and {what}.fsdp are both -1: at most one axis takes the rest of the devices")
   for name, other in ((DATA, FSDP), (FSDP, DATA)):
     if sizes[name] == -1:
       if num_devices % sizes[other]:
-        raise ValueError(f"{what}.{other}={sizes[other]} does not divide the {num_devices} devices")
+        raise UserError(f"{what}.{other}={sizes[other]} does not divide the {num_devices} devices")
       sizes[name] = num_devices // sizes[other]
   if sizes[DATA] * sizes[FSDP] != num_devices:
-    raise ValueError(f"{what}.data × {what}.fsdp = {sizes[DATA]} × {sizes[FSDP]} = {sizes[DATA] * sizes[FSDP]} "
+    raise UserError(f"{what}.data × {what}.fsdp = {sizes[DATA]} × {sizes[FSDP]} = {sizes[DATA] * sizes[FSDP]} "
                      f"but there are {num_devices} devices ({jax.process_count()} processes); use -1 for one axis")
   return sizes[DATA], sizes[FSDP]
 
@@ -59,7 +61,7 @@ def mesh_from_config(config, devices: Sequence[jax.Device] | None = None) -> Mes
   data, fsdp = int(m.get("data", -1)), int(m.get("fsdp", 1))
   if bool(config.train.get("fsdp", False)) and fsdp == 1:
     if data not in (-1, 1):
-      raise ValueError(f"config.train.fsdp=True shards over every device, but config.mesh.data={data}: set "
+      raise UserError(f"config.train.fsdp=True shards over every device, but config.mesh.data={data}: set "
                        "config.mesh.fsdp instead (FSDP over its axis, data parallel over config.mesh.data)")
     data, fsdp = 1, -1
   return create_mesh(devices, data=data, fsdp=fsdp)
@@ -126,10 +128,10 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, what: str = "config.tra
   """Raise if the global batch cannot be split evenly over the mesh devices and the processes."""
   n = num_batch_shards(mesh)
   if global_batch_size % n:
-    raise ValueError(f"{what}={global_batch_size} is not divisible by the number of devices ({n}); "
+    raise UserError(f"{what}={global_batch_size} is not divisible by the number of devices ({n}); "
                      f"use a multiple of {n}")
   if global_batch_size % jax.process_count():
-    raise ValueError(f"{what}={global_batch_size} is not divisible by the number of processes "
+    raise UserError(f"{what}={global_batch_size} is not divisible by the number of processes "
                      f"({jax.process_count()})")
 
 

@@ -17,6 +17,7 @@ from ml_collections import config_dict
 
 from tpsearch_jax.models.presets import METHODS, method_preset
 from tpsearch_jax.training import optim
+from tpsearch_jax.user_errors import UserError
 
 
 def _clip_vit_b16() -> dict:
@@ -33,10 +34,10 @@ def apply_overrides(c: ml_collections.ConfigDict, overrides: Mapping[str, Any], 
     node = c
     for name in parents:
       if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
-        raise ValueError(f"{where}: {dotted!r} names no config section")
+        raise UserError(f"{where}: {dotted!r} names no config section")
       node = node[name]
     if leaf not in node:
-      raise ValueError(f"{where}: {dotted!r} names no config field")
+      raise UserError(f"{where}: {dotted!r} names no config field")
     node[leaf] = value
 
 
@@ -45,7 +46,7 @@ def apply_per_method(c: ml_collections.ConfigDict, table: Mapping[str, Mapping[s
   """Applies the entry of ``method`` of a dataset file's table {method: {"section.field": value}} (none: nothing)."""
   unknown = sorted(set(table) - set(METHODS))
   if unknown:
-    raise ValueError(f"{where}: per-method overrides for unknown method(s) {unknown}; known: {METHODS}")
+    raise UserError(f"{where}: per-method overrides for unknown method(s) {unknown}; known: {METHODS}")
   apply_overrides(c, table.get(method, {}), f"{where}:{method}")
 
 
@@ -86,9 +87,12 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
       # ⌈N/B⌉ (PyTorch drop_last=False): the last batch is padded to B with a "valid" row mask that every loss
       # honours exactly (the step equals the step on the short batch; tests/test_loss_masks.py).
       drop_last=True,
-      verify_images=True,  # pre-scan every image before the pipeline starts (a bad file is named up front)
-      skip_corrupt=False,  # drop examples whose image is missing or does not decode (counted and logged)
-      skip_missing=False,  # drop annotation records whose image file is missing (counted and logged)
+      verify_images=True,  # decode every image the run reads at start-up, before compiling (cached; see check_cache)
+      # A skipped image takes its captions with it (train records; an eval gallery image and its queries); every
+      # skip is counted per split, logged and written to results.json ("skipped").
+      skip_corrupt=False,  # skip images that are missing or do not decode
+      skip_missing=False,  # skip images that are missing
+      check_cache="",  # decoded-image check cache: "" = <root>/.tpsearch_checked.json, a folder/file, or "off"
       use_tfds=False,  # read the images from the TFDS records (python -m tpsearch_jax.data.tfds_builders)
       tfds_data_dir=config_dict.placeholder(str),  # where they were prepared; None = TFDS's default data dir
       num_parallel_calls=-1,  # tf.data.AUTOTUNE
@@ -122,6 +126,7 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
       fsdp=False,  # True = FSDP over every device (shorthand for mesh.data=1, mesh.fsdp=-1)
       fsdp_min_size=2 ** 14,  # arrays with fewer elements stay replicated under FSDP
       profile=False,  # CLU profiler trace of a few steps into the workdir
+      allow_config_change=False,  # resume even when optim/schedule/loss/data differ from the checkpoint's
   ))
   # Device mesh (tpsearch_jax/sharding.py): the batch is split over data × fsdp devices; params and optimizer state
   # are sharded over "fsdp" (largest divisible dim) and replicated over "data". -1 = the rest of the devices.

@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from tpsearch_jax.user_errors import UserError
+
 log = logging.getLogger(__name__)
 
 _MAX_LISTED = 10  # offenders / gaps printed in an error message
@@ -49,7 +51,7 @@ SPLITS = ("train", "val", "test")
 GENERATOR_CLI = "python -m tpsearch_jax.data.synthetic --out={root}"
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError):
   """A dataset folder or annotation file that cannot be read as its benchmark's format."""
 
 
@@ -85,6 +87,7 @@ class EvalSplit:
   caption_pids: np.ndarray  # int64 [Q]
   captions: list[str]  # [Q]
   caption_image_index: np.ndarray  # int64 [Q]: gallery index of the caption's own image
+  skipped: dict = dataclasses.field(default_factory=dict)  # what reading dropped: {"missing", "corrupt", …: n}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +108,8 @@ class MissingImages:
     first = ", ".join(self.missing[:_MAX_LISTED])
     return (f"{len(self.missing)} of {self.checked} image files listed in {annotation_file} do not exist under "
             f"{self.imgs_dir} (missing per top-level folder: {folders}; first: {first}). Paths in the annotation are "
-            "relative to imgs/; a partial download often lacks whole sub-folders. Pass skip_missing=True to drop them.")
+            "relative to imgs/; a partial download often lacks whole sub-folders. Set --config.data.skip_missing=True "
+            "(read_annotations(skip_missing=True)) to drop them with their captions.")
 
 
 def find_missing_images(file_paths: Sequence[str], imgs_dir: str) -> MissingImages:
@@ -144,11 +148,28 @@ def annotation_path(name: str, root: str) -> str:
   return os.path.join(root, present[0])
 
 
+def no_skips() -> dict[str, dict[str, int]]:
+  """{split: {"missing": 0, "corrupt": 0, "captions_dropped": 0}} for every split."""
+  return {s: {"missing": 0, "corrupt": 0, "captions_dropped": 0} for s in SPLITS}
+
+
+class TrainRecords(list):
+  """The train records (list[TrainRecord]) with ``skipped``: the images reading dropped and their captions."""
+
+  def __init__(self, records, skipped: dict[str, int] | None = None):
+    super().__init__(records)
+    self.skipped = dict(skipped or no_skips()["train"])
+
+
 class Annotations:
-  """A benchmark's annotation, validated. ``train``: list[TrainRecord]; ``split(name)``: EvalSplit."""
+  """A benchmark's annotation, validated. ``train``: list[TrainRecord]; ``split(name)``: EvalSplit.
+
+  ``skipped``: {split: {"missing": images, "corrupt": images, "captions_dropped": captions}} dropped while reading
+  (skip_missing) and by the start-up decode check (``datasets.load_annotations``, skip_corrupt).
+  """
 
   def __init__(self, spec: DatasetSpec, root: str, annotation_file: str, images: list[ImageRecord], num_classes: int,
-               skipped_missing: int = 0):
+               skipped_missing: int = 0, skipped: dict[str, dict[str, int]] | None = None):
     self.spec = spec
     self.name = spec.name
     self.root = root
@@ -156,9 +177,25 @@ class Annotations:
     self.annotation_file = annotation_file
     self.num_classes = num_classes
     self.skipped_missing = skipped_missing
+    self.skipped = no_skips() | {s: dict(v) for s, v in (skipped or {}).items()}
     self._images = {s: [r for r in images if r.split == s] for s in SPLITS}
-    self.train = [TrainRecord(r.pid, image_id, r.image_path, c)
-                  for image_id, r in enumerate(self._images["train"]) for c in r.captions]
+    self.train = TrainRecords([TrainRecord(r.pid, image_id, r.image_path, c)
+                               for image_id, r in enumerate(self._images["train"]) for c in r.captions],
+                              self.skipped["train"])
+
+  def without(self, dropped: dict[str, str]) -> Annotations:
+    """A copy without the images ``dropped`` {absolute image path: "missing" | "corrupt"} (and their captions),
+    counted in ``skipped``; train image ids are renumbered, pids kept."""
+    skipped = {s: dict(v) for s, v in self.skipped.items()}
+    kept = []
+    for r in (r for s in SPLITS for r in self._images[s]):
+      if r.image_path in dropped:
+        skipped[r.split][dropped[r.image_path]] += 1
+        skipped[r.split]["captions_dropped"] += len(r.captions)
+      else:
+        kept.append(r)
+    return Annotations(self.spec, self.root, self.annotation_file, sorted(kept, key=lambda r: r.index),
+                       self.num_classes, self.skipped_missing, skipped)
 
   def images(self, split: str) -> list[ImageRecord]:
     """Image records of "train", "val" or "test" in annotation order (empty if the file has none)."""
@@ -178,6 +215,7 @@ class Annotations:
         caption_pids=np.asarray([recs[i].pid for i in caption_index], np.int64),
         captions=[c for r in recs for c in r.captions],
         caption_image_index=np.asarray(caption_index, np.int64),
+        skipped=dict(self.skipped[split]),
     )
 
   def _check_split(self, split: str) -> None:
@@ -220,7 +258,7 @@ def read_annotations(name: str, root: str, *, check_images: bool = True, skip_mi
   _log_unusual_splits(spec, path, raw)
   num_classes = _check_train_ids(spec, path, images)
 
-  skipped = 0
+  skipped, counts = 0, no_skips()
   if check_images:
     report = find_missing_images([r.file_path for r in images], imgs_dir)
     if report.missing:
@@ -228,16 +266,20 @@ def read_annotations(name: str, root: str, *, check_images: bool = True, skip_mi
         raise AnnotationError(report.message(path))
       gone = set(report.missing)
       before = collections.Counter(r.split for r in images)
+      for r in (r for r in images if r.file_path in gone):
+        counts[r.split]["missing"] += 1
+        counts[r.split]["captions_dropped"] += len(r.captions)
       images = [r for r in images if r.file_path not in gone]
       after = collections.Counter(r.split for r in images)
       skipped = sum(before.values()) - sum(after.values())
-      log.warning("%s; skip_missing=True: dropped %d records (%s)", report.message(path), skipped,
-                  ", ".join(f"{s}: {before[s] - after[s]}" for s in SPLITS))
+      log.warning("%s; skip_missing=True: dropped %d records (%s) and their %d captions", report.message(path),
+                  skipped, ", ".join(f"{s}: {before[s] - after[s]}" for s in SPLITS),
+                  sum(c["captions_dropped"] for c in counts.values()))
       left = {r.pid for r in images if r.split == "train"}
       if len(left) < num_classes:
         log.warning("%s: %d train identities have no image left; num_classes stays %d (pids are not renumbered)",
                     spec.display_name, num_classes - len(left), num_classes)
-  ann = Annotations(spec, root, path, images, num_classes, skipped)
+  ann = Annotations(spec, root, path, images, num_classes, skipped, counts)
   log.info("%r", ann)
   return ann
 

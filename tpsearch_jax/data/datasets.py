@@ -1,4 +1,5 @@
-"""Loading a dataset by config: ``load_annotations(config)`` reads (synthetic_pedes: first generates) the annotations.
+"""Loading a dataset by config: ``load_annotations(config)`` reads (synthetic_pedes: first generates) the annotations
+and fully decodes every image of the splits the run reads (``image_check``), before anything is built or compiled.
 
 No TensorFlow. On several hosts, process 0 generates synthetic_pedes and the others wait (and write their own copy
 when the folder is not shared).
@@ -6,13 +7,17 @@ when the folder is not shared).
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 
 import jax
 from jax.experimental import multihost_utils
 
 from tpsearch_jax.data import annotations as ann_lib
-from tpsearch_jax.data import synthetic
+from tpsearch_jax.data import image_check, synthetic
+
+log = logging.getLogger(__name__)
 
 HOW_TO_GET = {
     "cuhk_pedes": "CUHK-PEDES: request the images from the dataset authors (see the ShuangLI59/Person-Search-with-"
@@ -30,9 +35,21 @@ def dataset_root(config) -> str:
   return os.path.abspath(os.path.expanduser(config.data.root))
 
 
-def load_annotations(config) -> ann_lib.Annotations:
-  """config.data → Annotations; a missing or malformed dataset raises AnnotationError naming the folder and how to
-  get the data."""
+def run_splits(config) -> tuple[str, ...]:
+  """The splits a training run reads: train, ``config.eval.splits`` and ``config.eval.select_on`` (unless "none")."""
+  ev = config.get("eval")
+  wanted = ["train", *(("val", "test") if ev is None else (*ev.get("splits", ()), ev.get("select_on", "none")))]
+  return tuple(s for s in dict.fromkeys(wanted) if s in ann_lib.SPLITS)
+
+
+def load_annotations(config, splits: Sequence[str] | None = None) -> ann_lib.Annotations:
+  """config.data → Annotations whose images of ``splits`` (default ``run_splits(config)``) all decode.
+
+  A missing or malformed dataset raises AnnotationError naming the folder and how to get the data; a missing or
+  undecodable image raises ImageDecodeError naming it and its split, or is dropped with its captions by
+  data.skip_missing / data.skip_corrupt (counted in ``Annotations.skipped``). With data.use_tfds the images are
+  checked by the pipeline instead (they come from the records); data.verify_images=False skips the decode check.
+  """
   d = config.data
   root = dataset_root(config)
   if d.name == "synthetic_pedes":
@@ -45,8 +62,30 @@ def load_annotations(config) -> ann_lib.Annotations:
         synthetic.ensure(root, **args)  # not a shared file system: every host writes its own (identical) copy
   try:
     # With prepared TFDS records the images are read from the records, not from imgs/ (checked by the pipeline).
-    return ann_lib.read_annotations(d.name, root, check_images=not d.use_tfds, skip_missing=bool(d.skip_missing))
+    ann = ann_lib.read_annotations(d.name, root, check_images=not d.use_tfds,
+                                   skip_missing=bool(d.skip_missing or d.skip_corrupt))
   except (ann_lib.AnnotationError, FileNotFoundError) as e:
     raise ann_lib.AnnotationError(
         f"{e}\nLooked in {root} (config.data.root). {HOW_TO_GET.get(d.name, '')} "
         f"Point --config.data.root at the dataset folder.") from e
+  if d.verify_images and not d.use_tfds:
+    ann = decode_check(ann, d, run_splits(config) if splits is None else splits)
+  return ann
+
+
+def decode_check(ann: ann_lib.Annotations, config_data, splits: Sequence[str]) -> ann_lib.Annotations:
+  """Fully decodes every image of ``splits`` once (cached); -> ``ann`` without the images the skip rule drops."""
+  cache, dropped = image_check.cache_for(config_data), {}
+  for split in splits:
+    paths = [r.image_path for r in ann.images(split)]
+    what = f"{ann.spec.display_name} {split} split"
+    result = image_check.check_images(paths, lambda p: p if os.path.isfile(p) else None,
+                                      fingerprint=image_check.file_fingerprint, cache=cache, what=what)
+    skip = image_check.skip_rule(result, config_data, what)
+    if skip:
+      captions = sum(len(r.captions) for r in ann.images(split) if r.image_path in skip)
+      log.warning("%s: skipping %d images (%s) and their %d captions: %s", what, len(skip),
+                  ", ".join(f"{k}: {v}" for k, v in image_check.count_kinds(skip).items()), captions,
+                  result.message())
+    dropped |= skip
+  return ann.without(dropped) if dropped else ann

@@ -10,11 +10,12 @@ ones that import TensorFlow; they hide the GPUs from TF.
     pipeline.steps_per_epoch, pipeline.num_examples, pipeline.num_skipped
     batches = pipeline.iterator(start_step)
     images, texts = eval_datasets(ann.split("val"), config.data, eval_batch_size)
+    skipped_by_split(pipeline, {"val": (images, texts)})  # {"train": {"missing", "corrupt", "captions_dropped"}, …}
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tpsearch_jax.data.pipeline.checks import BatchIterator, ImageCheck, ImageDecodeError, verify_images
@@ -23,7 +24,15 @@ from tpsearch_jax.data.pipeline.image_ops import augment_params
 from tpsearch_jax.data.pipeline.training import TrainPipeline
 
 __all__ = ["BatchIterator", "Batches", "ImageCheck", "ImageDecodeError", "TrainPipeline", "augment_params",
-           "eval_datasets", "train_iterator", "verify_images"]
+           "eval_datasets", "skipped_by_split", "train_iterator", "verify_images"]
+
+
+def skipped_by_split(train: TrainPipeline | None = None,
+                     evals: Mapping[str, tuple[Batches, Batches]] | None = None) -> dict[str, dict[str, int]]:
+  """What the skip rule dropped per split: {"train": {"missing": images, "corrupt": images, "captions_dropped": n},
+  "val": {...}, ...} for the pipelines given (``TrainPipeline.skipped``, ``Batches.skipped`` of each eval split)."""
+  out = {} if train is None else {"train": dict(train.skipped)}
+  return out | {name: dict(batches[0].skipped) for name, batches in (evals or {}).items()}
 
 
 def train_iterator(records: Sequence[Any], config_data: Any, global_batch_size: int, seed: int, start_step: int = 0,

@@ -20,6 +20,7 @@ from tpsearch_jax.models.resnet import ResNetConfig
 from tpsearch_jax.models.retrieval import EmbedWeights, ModelOptions, RetrievalModel, check_model_options
 from tpsearch_jax.models.vit import ViTConfig
 from tpsearch_jax.objectives import LossOptions
+from tpsearch_jax.user_errors import UserError
 
 DTYPES = ("float32", "bfloat16")
 _TOWERS = {"bert": BertConfig, "vit": ViTConfig, "resnet": ResNetConfig}  # the paper backbones' architectures
@@ -31,7 +32,7 @@ def resolve_dtype(name: str) -> str:
   if name == "auto":
     return "bfloat16" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "float32"
   if name not in DTYPES:
-    raise ValueError(f"config.model.dtype must be 'auto', 'float32' or 'bfloat16', got {name!r}")
+    raise UserError(f"config.model.dtype must be 'auto', 'float32' or 'bfloat16', got {name!r}")
   return name
 
 
@@ -48,7 +49,7 @@ def _plain(x, where: str) -> dict:
 def _merge(defaults: dict, given: dict, where: str) -> dict:
   unknown = sorted(set(given) - set(defaults))
   if unknown:
-    raise ValueError(f"unknown key(s) {unknown} in {where}; known: {sorted(defaults)}")
+    raise UserError(f"unknown key(s) {unknown} in {where}; known: {sorted(defaults)}")
   return {**defaults, **given}
 
 
@@ -64,7 +65,7 @@ def model_options(config) -> tuple[CLIPConfig, ModelOptions, LossOptions]:
   loss_cfg = _plain(config["loss"], "config.loss") if "loss" in config else {}
   name = model_cfg.get("name")
   if name not in METHODS:
-    raise ValueError(f"config.model.name must be one of {METHODS}, got {name!r}")
+    raise UserError(f"config.model.name must be one of {METHODS}, got {name!r}")
   preset = method_preset(name)
   backbone = {k: model_cfg.pop(k) for k in _BACKBONE_KEYS if k in model_cfg}
   model_defaults = dict(preset["model"], num_classes=0)
@@ -77,7 +78,7 @@ def model_options(config) -> tuple[CLIPConfig, ModelOptions, LossOptions]:
     try:
       model[key] = cls(**arch)
     except ValueError as e:
-      raise ValueError(f"config.model.{key}: {e}") from e
+      raise UserError(f"config.model.{key}: {e}") from e
   model["embed_weights"] = EmbedWeights(**_merge(model_defaults["embed_weights"], model_cfg.get("embed_weights", {}),
                                                  "config.model.embed_weights"))
   loss = LossOptions(**_merge(preset["loss"], loss_cfg, "config.loss"))
@@ -85,7 +86,7 @@ def model_options(config) -> tuple[CLIPConfig, ModelOptions, LossOptions]:
   clip = dict(backbone.get("clip", {}))
   for k in ("dtype", "remat", "attention_impl"):
     if k in clip:
-      raise ValueError(f"config.model.clip.{k} is not allowed; set config.model.{k}")
+      raise UserError(f"config.model.clip.{k} is not allowed; set config.model.{k}")
   dtype = resolve_dtype(backbone.get("dtype", "float32"))
   clip_config = CLIPConfig.from_dict(dict(clip, dtype=jnp.dtype(dtype),
                                           remat=bool(backbone.get("remat", False)),

@@ -7,10 +7,13 @@
 
 ``index`` encodes the images under ``--images`` (recursively; jpg/jpeg/png/bmp/webp) with the run's model
 (``RUN/config.json`` + its best, else last, checkpoint), with a progress bar; re-running it encodes only new or changed
-files. The index stores the run's fingerprint (config hash + checkpoint step): querying it with another run is refused.
-``query`` prints the top-k images per sentence (``--text``, repeatable, and/or ``--queries`` FILE, one a line) with
+files. The index pins that checkpoint (config hash, checkpoint folder + step, vector width, checksums): ``query`` and
+``serve`` load exactly it (``--workdir``: the run folder moved there) and refuse anything else. ``query`` prints the top-k images per sentence (``--text``, repeatable, and/or ``--queries`` FILE, one a line) with
 cosine scores; ``--explain`` adds the score split into its pieces, ``--grid`` writes a PNG of the results, ``--html`` a
 page of thumbnails. ``serve`` starts the local search page (``server.py``). None imports TensorFlow.
+
+A mistake the user can fix (a flag, a file, a mismatched run) ends with one line on stderr and exit status 2
+(``user_errors``); ``--verbose`` or ``--pdb`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -23,17 +26,20 @@ from typing import Sequence
 from absl import app, flags
 from PIL import Image
 
+from tpsearch_jax import user_errors
 from tpsearch_jax.search import explain, grid, library, server
-from tpsearch_jax.search.searcher import MAX_K, Searcher
+from tpsearch_jax.search.searcher import MAX_K, Searcher, check_request
 
+PROGRAM = "python -m tpsearch_jax.search"
+COMMANDS = ("index", "query", "serve")
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training run folder holding config.json and checkpoints (index; query/serve: "
-                    "optional, must be the run that built the index).")
+                    "optional, the folder the run that built the index has moved to).")
 flags.DEFINE_enum("checkpoint", "auto", ["auto", "best", "last"], "Which checkpoint of --workdir to use (index).")
 flags.DEFINE_string("images", None, "Folder of images to index, searched recursively (index).")
 flags.DEFINE_string("index", None, "Index folder: written by `index`, read by `query` and `serve`.")
 flags.DEFINE_integer("batch_size", 64, "Images per encoding batch (rounded up to a multiple of the device count).")
-flags.DEFINE_bool("skip_bad", False, "Skip unreadable images (listed, and kept in INDEX/skipped.txt) instead of "
+flags.DEFINE_bool("skip_bad", False, "Skip unreadable images (listed, and kept in INDEX/skipped.json) instead of "
                   "stopping (index).")
 flags.DEFINE_multi_string("text", [], "Query sentence; repeat for several (query).")
 flags.DEFINE_string("queries", None, "File with one query sentence per line, searched in one batch (query).")
@@ -44,6 +50,8 @@ flags.DEFINE_string("grid", None, "Write a PNG of the top-k per query to this fi
 flags.DEFINE_string("html", None, "Also write the results as an HTML page with thumbnails (query).")
 flags.DEFINE_string("host", "127.0.0.1", "Address to bind (serve); 0.0.0.0 exposes the page to the network.")
 flags.DEFINE_integer("port", 8080, "Port (serve); 0 picks a free one.")
+if "verbose" not in FLAGS:  # another command of the same process may have defined it
+  flags.DEFINE_bool("verbose", False, "Show the traceback of an error instead of its one-line message.")
 
 
 def write_html(path: str, sentences: Sequence[str], results) -> None:
@@ -106,33 +114,70 @@ def run_query(sentences: Sequence[str]) -> int:
   return 0
 
 
-def main(argv) -> int:
-  if len(argv) != 2 or argv[1] not in ("index", "query", "serve"):
-    raise app.UsageError("usage: python -m tpsearch_jax.search index|query|serve [flags]")
+def read_sentences() -> list[str]:
+  """--text (each must have text) + the non-blank lines of --queries / --text_file; UserError naming the flag."""
+  sentences = list(FLAGS.text)
+  for i, text in enumerate(sentences):
+    if not text.strip():
+      raise user_errors.UserError(f"--text number {i + 1} is empty: pass a description of the person, e.g. "
+                                  "--text=\"a woman in a red coat\"")
+  for flag in ("queries", "text_file"):
+    name = FLAGS[flag].value
+    if name:
+      with open(name, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+      if not lines:
+        raise user_errors.UserError(f"--{flag}={name} has no sentences: write one query a line")
+      sentences += lines
+  if not sentences:
+    raise user_errors.UserError("query needs --text=SENTENCE (repeatable) or --queries=FILE")
+  return sentences
+
+
+def run_command(argv) -> int:
+  """The command of argv[1], its flags checked before any model work."""
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    given = argv[1] if len(argv) > 1 else ""
+    raise user_errors.UserError(f"usage: {PROGRAM} {'|'.join(COMMANDS)} [flags]; got {' '.join(argv[1:])!r}"
+                                + user_errors.nearest(given, COMMANDS))
   if not FLAGS.index:
-    raise app.UsageError("--index is required")
+    raise user_errors.UserError(f"{argv[1]} needs --index=INDEX_DIR")
   if argv[1] == "index":
     if not FLAGS.workdir or not FLAGS.images:
-      raise app.UsageError("index needs --workdir and --images")
+      raise user_errors.UserError("index needs --workdir=RUN and --images=DIR")
+    if FLAGS.batch_size < 1:
+      raise user_errors.UserError(f"--batch_size must be at least 1, got {FLAGS.batch_size}")
     meta = library.build(FLAGS.workdir, FLAGS.images, FLAGS.index, FLAGS.checkpoint, FLAGS.batch_size,
                          FLAGS.skip_bad, progress=True)
     for path, error in meta["skipped"]:
-      print(f"skipped unreadable {path}: {error}")
+      print(f"skipped unreadable {path!r}: {error}")
     print(f"indexed {meta['num_images']} images ({meta['num_encoded']} encoded now, {len(meta['skipped'])} skipped) "
           f"into {FLAGS.index}")
     return 0
+  library.read_meta(FLAGS.index)  # a missing or older-format index is refused before the model loads
   if argv[1] == "serve":
     server.serve(FLAGS.index, FLAGS.host, FLAGS.port, workdir=FLAGS.workdir)
     return 0
-  sentences = list(FLAGS.text)
-  for name in (FLAGS.queries, FLAGS.text_file):
-    if name:
-      with open(name) as f:
-        sentences += [line.strip() for line in f if line.strip()]
-  if not sentences:
-    raise app.UsageError("query needs --text (repeatable) or --queries FILE")
+  if FLAGS.k < 1:
+    raise user_errors.UserError(f"--k must be at least 1, got {FLAGS.k}")
+  sentences = read_sentences()
+  check_request(sentences, FLAGS.k, max(FLAGS.k, MAX_K))
   return run_query(sentences)
 
 
+def main(argv) -> int:
+  verbose = FLAGS.verbose or FLAGS["pdb_post_mortem"].value
+  return user_errors.exit_on_user_error(lambda: run_command(argv), program=PROGRAM, verbose=verbose)
+
+
+def parse_flags(argv):
+  """absl's flag parsing with a bad flag reported in one line (exit status 2) instead of absl's two."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"{PROGRAM}: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -15,12 +15,22 @@ from typing import Sequence
 import numpy as np
 from absl import logging
 
+from tpsearch_jax import user_errors
 from tpsearch_jax.models import text_tokenizers
 from tpsearch_jax.search import explain, library
 from tpsearch_jax.search import index as search_index
-from tpsearch_jax.training import runs
 
 MAX_K = 100
+
+
+def check_request(sentences: Sequence[str], k: int, max_k: int = MAX_K) -> None:
+  """Raises UserError naming the problem unless every sentence has text and 1 ≤ k ≤ max_k (no model work)."""
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= max_k:
+    raise user_errors.UserError(f"k must be an integer between 1 and {max_k}, got {k!r}")
+  for i, s in enumerate(sentences):
+    if not isinstance(s, str) or not s.strip():
+      raise user_errors.UserError(f"query {i + 1} is empty ({s!r}): pass a description of the person, e.g. "
+                                  "\"a woman in a red coat\"")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,19 +46,19 @@ class Hit:
 
 
 class Searcher:
-  """``Searcher(INDEX)``: the index's run (or ``workdir``: then its fingerprint must match) ready to search.
+  """``Searcher(INDEX)``: exactly the checkpoint that built the index (``workdir``: the run folder moved there),
+  ready to search; ``library.FingerprintMismatch`` / ``BadIndex`` (one line saying how to fix it) otherwise.
 
   query_batch: sentences encoded per call (rounded up to the device count); 1 suits a server answering one query
   per request (a larger batch costs its full size even for one query), more suits batches of queries."""
 
-  def __init__(self, index_dir: str, workdir: str | None = None, checkpoint: str | None = None,
-               max_k: int = MAX_K, query_batch: int = 1, warm: bool = True):
+  def __init__(self, index_dir: str, workdir: str | None = None, max_k: int = MAX_K, query_batch: int = 1,
+               warm: bool = True):
     data = library.read_index(index_dir)
     self.index_dir, self.meta, self.paths = index_dir, data["meta"], data["paths"]
     self.embeddings, self.foreground = data["embeddings"], data["foreground"]
     self.root = self.meta.get("images_root") or os.path.commonpath(self.paths)
-    run = runs.load_run(workdir or self.meta["workdir"], checkpoint or self.meta.get("checkpoint_choice", "auto"))
-    library.check_fingerprint(self.meta, run, index_dir)
+    run = library.load_pinned_run(self.meta, index_dir, workdir)
     self.run, self.mesh = run, run.mesh
     self.layout = (explain.Layout.from_json(self.meta["layout"]) if "layout" in self.meta
                    else explain.layout_from_config(run.config, self.embeddings.shape[1],
@@ -87,10 +97,9 @@ class Searcher:
 
   def search(self, sentences: Sequence[str], k: int = 10) -> list[list[Hit]]:
     """Top-min(k, n) hits per sentence, best first, each with its explanation; 1 ≤ k ≤ ``max_k``."""
+    check_request(sentences, k, self.max_k)
     if not sentences:
       return []
-    if not 1 <= k <= self.max_k:
-      raise ValueError(f"k must be between 1 and {self.max_k}, got {k}")
     k = min(k, self.k_search)
     queries = self.encode(sentences)
     scores, ids = search_index.search_batched(self.index, queries, self.k_search, query_batch=self.query_batch)
@@ -108,6 +117,7 @@ class Searcher:
 
 def query(index_dir: str, sentences: Sequence[str], k: int = 10, workdir: str | None = None):
   """Top-k gallery images per sentence → list of [(absolute path, cosine)] lists (best first)."""
+  check_request(sentences, k, max(k, MAX_K) if isinstance(k, int) else MAX_K)
   searcher = Searcher(index_dir, workdir=workdir, max_k=max(k, MAX_K), query_batch=min(len(sentences), 32),
                       warm=False)
   return [[(h.path, h.score) for h in hits] for hits in searcher.search(sentences, k)]

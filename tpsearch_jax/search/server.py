@@ -30,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from absl import logging
 from PIL import Image
 
+from tpsearch_jax import user_errors
 from tpsearch_jax.search import explain, library
 from tpsearch_jax.search.page import PAGE
 from tpsearch_jax.search.searcher import MAX_K, Searcher
@@ -39,7 +40,7 @@ THUMB_HEIGHT = 256
 _FILE_ROUTE = re.compile(r"/(image|thumb|overlay)/([0-9]{1,9})(\.png)?")
 
 
-class RequestError(ValueError):
+class RequestError(user_errors.UserError):
   """A bad request: answered with HTTP 400 and {"error": message}."""
 
 
@@ -144,10 +145,10 @@ class Handler(BaseHTTPRequestHandler):
       return self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
     if url.path == "/api/search":
       try:
-        q, k = parse_search(url.query)
-      except RequestError as e:
+        answer = self.server.search_json(*parse_search(url.query))
+      except user_errors.UserError as e:  # RequestError, or a query the searcher refuses
         return self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
-      return self._send_json(HTTPStatus.OK, self.server.search_json(q, k))
+      return self._send_json(HTTPStatus.OK, answer)
     if url.path == "/api/info":
       return self._send_json(HTTPStatus.OK, self.server.info_json())
     m = _FILE_ROUTE.fullmatch(url.path)  # the raw path: %2e%2e, "..", "//" never match
@@ -187,7 +188,11 @@ class Handler(BaseHTTPRequestHandler):
 def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8080, workdir: str | None = None) -> None:
   """Loads the index and its run once, then serves until interrupted (prints the URL first)."""
   searcher = Searcher(index_dir, workdir=workdir)
-  server = SearchServer(searcher, host, port)
+  try:
+    server = SearchServer(searcher, host, port)
+  except OSError as e:  # address in use, unknown host, no permission for a low port
+    raise user_errors.UserError(f"cannot listen on --host={host} --port={port}: {e.strerror or e}; pass another "
+                                "--port (0 picks a free one)") from e
   print(f"Serving {searcher.num_images} images of {index_dir} at {server.url} (Ctrl-C stops)", flush=True)
   try:
     server.serve_forever()

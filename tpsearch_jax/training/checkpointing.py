@@ -5,8 +5,13 @@ one by the selection metric. With several processes every one of them saves and 
 same order); the work directory must be shared (a network file system or a ``gs://`` bucket). A checkpoint restores
 onto any mesh: arrays are read with the shardings of the abstract state given to ``restore`` (other process or
 device counts, replicated ↔ FSDP). Each holds ``state`` (the TrainState arrays, restored with their shardings) and
-``meta`` (JSON: step, epoch, data position, rng, best-so-far). The input pipeline is a function of (seed, step), so
-the data position is the step.
+``meta`` (JSON: step, epoch, data position, rng, best-so-far, the settings it was trained with). The input pipeline is
+a function of (seed, step), so the data position is the step.
+
+Restores are verified: a step that cannot be read (a damaged file, a missing item) or holds a non-finite value is
+skipped with a warning naming what was wrong, and the next older step, then ``best/``, is used instead
+(``restore_intact``). When training resumes, such a step folder is renamed ``<step>.unreadable`` / ``<step>.nonfinite``
+so that the run can save that step again; the damaged files stay there for inspection.
 """
 
 from __future__ import annotations
@@ -17,14 +22,23 @@ import signal
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
-__all__ = ["BEST", "CHOICES", "LAST", "Checkpointer", "PreemptionFlag", "abstract_with_shardings", "resolve_dir"]
+from tpsearch_jax.user_errors import UserError, first_line
+
+__all__ = ["BEST", "CHOICES", "LAST", "Checkpointer", "NoIntactCheckpoint", "PreemptionFlag", "abstract_with_shardings",
+           "nonfinite_leaves", "resolve_dir"]
 
 LAST, BEST = "checkpoints", "best"
 CHOICES = {"auto": (BEST, LAST), "best": (BEST,), "last": (LAST,)}  # which folders a choice looks in, in order
+
+
+class NoIntactCheckpoint(UserError):
+  """Every checkpoint of a work directory is damaged or non-finite; the message lists each with its problem."""
 
 
 def resolve_dir(path: str) -> str:
@@ -94,14 +108,60 @@ class Checkpointer:
     restored = mngr.restore(int(step), args=args)
     return restored["state"], dict(restored["meta"])
 
-  def restore_choice(self, abstract_state: Any, choice: str = "auto") -> tuple[Any, dict, str] | None:
-    """(state, meta, folder) of the newest save in the first folder of ``CHOICES[choice]`` that has one, else None."""
-    for which in CHOICES[choice]:
-      step = self.latest_step(which)
-      if step is not None:
-        state, meta = self.restore(abstract_state, step, which)
-        return state, meta, self.directory(which, step)
+  def restore_meta(self, step: int, which: str = LAST) -> dict:
+    """Only the ``meta`` JSON of ``step`` of ``which`` (no arrays are read)."""
+    return dict(self._managers[which].restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
+  def restore_intact(self, abstract_state: Any, folders=(LAST, BEST), *,
+                     set_aside: bool = False) -> tuple[Any, dict, str] | None:
+    """(state, meta, folder) of the newest step that reads completely and is finite, trying each of ``folders`` in
+    turn (its steps newest first); None when they hold no step at all.
+
+    Each step passed over gets a warning naming what was wrong; with ``set_aside`` its folder is renamed
+    ``<step>.unreadable`` / ``<step>.nonfinite`` (process 0; the managers then forget it). Raises
+    NoIntactCheckpoint when steps exist but none is intact.
+    """
+    problems = []
+    for which in folders:
+      for step in sorted(self._managers[which].all_steps(), reverse=True):
+        folder = self.directory(which, step)
+        try:
+          state, meta = self.restore(abstract_state, step, which)
+        except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many kinds)
+          problem, suffix = f"unreadable ({first_line(e)})", "unreadable"
+        else:
+          bad = nonfinite_leaves(state)
+          if not bad:
+            if problems:
+              logging.warning("using %s instead (the newest intact checkpoint)", folder)
+            return state, meta, folder
+          problem, suffix = f"{len(bad)} non-finite arrays, first {bad[0]}", "nonfinite"
+          del state
+        logging.warning("checkpoint %s is %s; trying the next older one", folder, problem)
+        problems.append(f"{folder}: {problem}")
+        if set_aside:
+          self._set_aside(which, step, suffix)
+    if problems:
+      raise NoIntactCheckpoint(f"no intact checkpoint in {self.workdir}: " + "; ".join(problems) +
+                               " — move the work directory aside to start afresh")
     return None
+
+  def _set_aside(self, which: str, step: int, suffix: str) -> None:
+    folder = self.directory(which, step)
+    if jax.process_index() == 0:
+      target = f"{folder}.{suffix}"
+      n = 1
+      while os.path.exists(target):
+        target, n = f"{folder}.{suffix}{n}", n + 1
+      os.rename(folder, target)
+      logging.warning("renamed %s to %s", folder, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"tpsearch_set_aside_{which}_{step}")
+    self._managers[which].reload()
+
+  def restore_choice(self, abstract_state: Any, choice: str = "auto") -> tuple[Any, dict, str] | None:
+    """(state, meta, folder) of the newest intact save in the folders of ``CHOICES[choice]``, else None."""
+    return self.restore_intact(abstract_state, CHOICES[choice])
 
   def wait(self, which: str | None = None) -> None:
     """Block until pending async saves (of ``which``, default both folders) are written."""
@@ -113,6 +173,20 @@ class Checkpointer:
     self.wait()
     for m in self._managers.values():
       m.close()
+
+
+def nonfinite_leaves(tree: Any) -> list[str]:
+  """Paths of the floating-point leaves of ``tree`` (jax.Arrays on one mesh, any sharding) holding a NaN or Inf."""
+  pairs = [(jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+           if jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not pairs:
+    return []
+  sharding = pairs[0][1].sharding
+  replicated = (jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+                if isinstance(sharding, jax.sharding.NamedSharding) else None)
+  finite = jax.jit(lambda leaves: jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]),
+                   out_shardings=replicated)([x for _, x in pairs])
+  return [path for (path, _), ok in zip(pairs, np.asarray(finite)) if not ok]
 
 
 def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:

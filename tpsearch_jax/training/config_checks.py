@@ -9,6 +9,7 @@ from absl import logging
 
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.models import backbones, resolve_dtype
+from tpsearch_jax.user_errors import UserError
 
 SELECT_CHOICES = ("val", "test", "none")
 
@@ -22,7 +23,7 @@ def resolve_config(config: ml_collections.ConfigDict, num_classes: int | None = 
       if c.model.num_classes is None:
         c.model.num_classes = int(num_classes)
       elif c.model.num_classes != num_classes:
-        raise ValueError(f"config.model.num_classes={c.model.num_classes} but the training split has {num_classes} "
+        raise UserError(f"config.model.num_classes={c.model.num_classes} but the training split has {num_classes} "
                          "identities; leave it unset to use the data's count")
   _check_text_side(c)
   h, w = c.data.image_size
@@ -30,21 +31,21 @@ def resolve_config(config: ml_collections.ConfigDict, num_classes: int | None = 
   if c.model.get("backbone", "clip") != "clip":
     p = 1  # the backbone checks its own stride (config.model.vit.patch_size / the ResNet stride) when it is built
   if h % p or w % p:
-    raise ValueError(f"config.data.image_size={tuple(c.data.image_size)} is not divisible by the patch size {p} "
+    raise UserError(f"config.data.image_size={tuple(c.data.image_size)} is not divisible by the patch size {p} "
                      "(config.model.clip.patch_size)")
   if tuple(c.model.clip.image_size) != tuple(c.data.image_size):
-    raise ValueError(f"config.model.clip.image_size={tuple(c.model.clip.image_size)} differs from "
+    raise UserError(f"config.model.clip.image_size={tuple(c.model.clip.image_size)} differs from "
                      f"config.data.image_size={tuple(c.data.image_size)}")
   if c.model.get("backbone", "clip") == "clip" and c.data.context_length != c.model.clip.context_length:
-    raise ValueError(f"config.data.context_length={c.data.context_length} differs from "
+    raise UserError(f"config.data.context_length={c.data.context_length} differs from "
                      f"config.model.clip.context_length={c.model.clip.context_length}")
   select = c.eval.select_on
   if select is None:
-    raise ValueError(f"config.eval.select_on is not set. {c.data.name or 'This dataset'} needs an explicit choice: "
+    raise UserError(f"config.eval.select_on is not set. {c.data.name or 'This dataset'} needs an explicit choice: "
                      "--config.eval.select_on=none (report the last checkpoint) or --config.eval.select_on=test "
                      "(reproduction of the published protocol: selects the checkpoint on the TEST set)")
   if select not in SELECT_CHOICES:
-    raise ValueError(f"config.eval.select_on={select!r}: expected one of {SELECT_CHOICES}")
+    raise UserError(f"config.eval.select_on={select!r}: expected one of {SELECT_CHOICES}")
   return c
 
 
@@ -53,12 +54,12 @@ def _check_text_side(c: ml_collections.ConfigDict) -> None:
   backbone, tokenizer = c.model.get("backbone", "clip"), c.data.get("tokenizer", "clip") or "clip"
   want = "clip" if backbone == "clip" else "bert"
   if tokenizer != want:
-    raise ValueError(f"config.data.tokenizer={tokenizer!r} does not fit config.model.backbone={backbone!r}: its ids "
+    raise UserError(f"config.data.tokenizer={tokenizer!r} does not fit config.model.backbone={backbone!r}: its ids "
                      f"need the {want!r} tokenizer")
   if backbone == "clip":
     return
   if c.data.context_length > c.model.bert.max_position_embeddings:
-    raise ValueError(f"config.data.context_length={c.data.context_length} exceeds BERT's "
+    raise UserError(f"config.data.context_length={c.data.context_length} exceeds BERT's "
                      f"config.model.bert.max_position_embeddings={c.model.bert.max_position_embeddings}")
   bert_init = c.init.get("bert")
   if not c.data.get("tokenizer_path") and bert_init and os.path.isdir(bert_init):

@@ -1,6 +1,12 @@
-"""``--mode=eval``: evaluate a checkpoint of a work directory (or imported CLIP weights) on ``config.eval.splits``."""
+"""``--mode=eval``: evaluate a checkpoint of a work directory (or imported CLIP weights) on ``config.eval.splits``.
+
+The results go to their own file, ``WORKDIR/results_eval_<best|checkpoints|init>_step<N>.json``: a training run's
+``results.json`` is never overwritten.
+"""
 
 from __future__ import annotations
+
+import os
 
 import ml_collections
 
@@ -8,6 +14,13 @@ from tpsearch_jax import evaluate as eval_lib
 from tpsearch_jax.training import checkpointing as ckpt_lib
 from tpsearch_jax.training import runs
 from tpsearch_jax.training.setup import build_setup, has_pretrained, initial_state
+from tpsearch_jax.user_errors import UserError
+
+
+def results_name(source: str, step: int) -> str:
+  """The eval-only results file name for a checkpoint folder (…/best/120 → results_eval_best_step120.json)."""
+  kind = os.path.basename(os.path.dirname(source)) if os.path.basename(source).isdigit() else "init"
+  return f"results_eval_{kind}_step{step}.json"
 
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -22,8 +35,10 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
   which = config.eval.checkpoint
   try:
     found = runs.restore_params(s.abstract, workdir, which)
+  except ckpt_lib.NoIntactCheckpoint:
+    raise
   except ValueError as e:
-    raise ValueError(f"config.eval.checkpoint: {e}") from None
+    raise UserError(f"config.eval.checkpoint: {e}") from None
   if found is not None:
     params, source, step = found
   else:
@@ -35,6 +50,6 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
     inits = ", ".join(f"init.{f}={config.init[f]}" for f in ("clip", "bert", "vit", "resnet") if config.init.get(f))
     params, source, step = initial_state(s).params, inits, 0
   rows = s.evaluate(params, config.eval.splits, step, source)
-  payload = eval_lib.results_payload(config, rows)
-  eval_lib.report(workdir, payload)
+  payload = eval_lib.results_payload(config, rows) | {"skipped": s.skipped(config.eval.splits)}
+  eval_lib.report(workdir, payload, results_name(source, step))
   return payload

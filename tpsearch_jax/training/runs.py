@@ -17,6 +17,7 @@ from tpsearch_jax import sharding as shd
 from tpsearch_jax.models import build_model
 from tpsearch_jax.training import checkpointing as ckpt_lib
 from tpsearch_jax.training import state as state_lib
+from tpsearch_jax.user_errors import UserError, first_line
 
 CONFIG_FILE = "config.json"
 
@@ -49,7 +50,7 @@ def parse_choice(workdir: str, choice: str) -> tuple[str, str, int | None]:
   folder = os.path.abspath(choice)
   sub, step_name = os.path.basename(os.path.dirname(folder)), os.path.basename(folder)
   if sub not in (ckpt_lib.LAST, ckpt_lib.BEST) or not step_name.isdigit():
-    raise ValueError(f"checkpoint {choice!r}: expected auto|best|last or a folder <workdir>/checkpoints/<step> or "
+    raise UserError(f"checkpoint {choice!r}: expected auto|best|last or a folder <workdir>/checkpoints/<step> or "
                      "<workdir>/best/<step>")
   return os.path.dirname(os.path.dirname(folder)), sub, int(step_name)
 
@@ -65,8 +66,19 @@ def restore_params(abstract, workdir: str, choice: str = "auto") -> tuple[Any, s
         return None
       state, meta, folder = found
       return state.params, folder, int(meta.get("step", os.path.basename(folder)))
-    state, _ = checkpointer.restore(abstract, step, which)
-    return state.params, checkpointer.directory(which, step), step
+    folder = checkpointer.directory(which, step)
+    try:
+      state, _ = checkpointer.restore(abstract, step, which)
+    except FileNotFoundError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many kinds)
+      raise UserError(f"checkpoint {folder} cannot be read ({first_line(e)}); choose another step, best or "
+                      "last") from e
+    bad = ckpt_lib.nonfinite_leaves(state.params)
+    if bad:
+      raise UserError(f"checkpoint {folder} holds {len(bad)} non-finite parameter arrays (first {bad[0]}); choose "
+                      "another step, best or last")
+    return state.params, folder, step
   finally:
     checkpointer.close()
 

@@ -13,11 +13,13 @@ from etils import epath
 from tpsearch_jax import evaluate as eval_lib
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.data import datasets, input_pipeline
+from tpsearch_jax.data.synthetic import hard_subset
 from tpsearch_jax.checkpoints import load_clip_params
 from tpsearch_jax.models import backbones, build_model, model_options
 from tpsearch_jax.training import optim
 from tpsearch_jax.training import state as state_lib
 from tpsearch_jax.training.config_checks import check_parallelism, resolve_config, warn_if_test_selection
+from tpsearch_jax.user_errors import UserError
 
 
 @dataclasses.dataclass
@@ -33,6 +35,7 @@ class Setup:
   train_data: Any = None  # input_pipeline.TrainPipeline (training runs only)
   _eval_data: dict = dataclasses.field(default_factory=dict)  # split → (image batches, text batches), re-iterable
   _evaluator: Any = None
+  _subsets: dict = dataclasses.field(default_factory=dict)  # name → query indices of the test split
 
   @property
   def evaluator(self) -> eval_lib.Evaluator:
@@ -51,19 +54,33 @@ class Setup:
     return self._eval_data[split]
 
   def evaluate(self, params, splits, step: int, checkpoint: str, epoch: int | None = None) -> dict[str, dict]:
-    """{split: metrics row} of ``params`` on ``splits``."""
-    return eval_lib.evaluate_splits(self.evaluator, params, self.eval_batches, splits, step, checkpoint, epoch)
+    """{split: metrics row} of ``params`` on ``splits`` (+ "test_hard" on synthetic_pedes: ``query_subsets``)."""
+    return eval_lib.evaluate_splits(self.evaluator, params, self.eval_batches, splits, step, checkpoint, epoch,
+                                    query_subsets={s: self.query_subsets(s) for s in splits})
+
+  def skipped(self, splits) -> dict[str, dict[str, int]]:
+    """{split: {"missing", "corrupt", "captions_dropped"}} the skip rule dropped, for train (if training) and
+    ``splits``."""
+    return input_pipeline.skipped_by_split(self.train_data, {sp: self.eval_batches(sp) for sp in splits})
+
+  def query_subsets(self, split: str) -> dict:
+    """{name: query indices} reported beside ``split``: synthetic_pedes test → {"hard": data/synthetic/hard_subset}."""
+    if self.config.data.name != "synthetic_pedes" or split != "test":
+      return {}
+    if "hard" not in self._subsets:
+      self._subsets["hard"] = hard_subset.hard_queries(self.ann.root, self.ann.split(split))
+    return {"hard": self._subsets["hard"]} if len(self._subsets["hard"]) else {}  # tiny splits may have none
 
 
 def build_setup(config, workdir: str, *, train: bool, config_file: str = "config.json") -> Setup:
   """Validates ``config``, reads the data (and, for training, screens it and sizes the epoch), builds the model and
   the abstract state, and writes the resolved config to ``workdir/config_file``."""
   resolve_config(config)  # cheap validation before touching the data
-  ann = datasets.load_annotations(config)
+  ann = datasets.load_annotations(config)  # the train split too in eval-only runs: it decides num_classes
   config = resolve_config(config, ann.num_classes)
   warn_if_test_selection(config)
   if config.eval.select_on == "val" and not ann.spec.has_val:
-    raise ValueError(f"{ann.spec.display_name} has no val split: set --config.eval.select_on=none or =test")
+    raise UserError(f"{ann.spec.display_name} has no val split: set --config.eval.select_on=none or =test")
   mesh = shd.mesh_from_config(config)
   check_parallelism(config, mesh)
   logging.info("Mesh %s over %d devices (%d processes); params over %s; backend %s; compute dtype %s",
@@ -83,7 +100,12 @@ def build_setup(config, workdir: str, *, train: bool, config_file: str = "config
   if jax.process_index() == 0:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     (epath.Path(workdir) / config_file).write_text(config.to_json_best_effort(indent=2))
-  return Setup(config, ann, mesh, model, steps_per_epoch, abstract, tx, shardings, train_data)
+  setup = Setup(config, ann, mesh, model, steps_per_epoch, abstract, tx, shardings, train_data)
+  if config.data.use_tfds:  # the record images are checked as each eval pipeline is built: build them now
+    for split in datasets.run_splits(config) if train else config.eval.splits:
+      if split != "train":
+        setup.eval_batches(split)
+  return setup
 
 
 def pretrained_clip_params(config):
@@ -100,10 +122,10 @@ def pretrained_backbone_params(config) -> dict:
   if options.backbone == "clip":
     unused = [f for f in ("bert", "vit", "resnet") if config.init.get(f)]
     if unused:
-      raise ValueError(f"config.init.{unused[0]} is set but config.model.backbone='clip' (use config.init.clip)")
+      raise UserError(f"config.init.{unused[0]} is set but config.model.backbone='clip' (use config.init.clip)")
     return {}
   if config.init.get("clip"):
-    raise ValueError(f"config.init.clip is set but config.model.backbone={options.backbone!r}: use config.init.bert "
+    raise UserError(f"config.init.clip is set but config.model.backbone={options.backbone!r}: use config.init.bert "
                      "and config.init.vit / config.init.resnet")
   found = backbones.pretrained_params(config.init, clip, options)
   for key, field in (("text_backbone", "bert"), ("image_backbone", "vit/resnet")):

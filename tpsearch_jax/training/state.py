@@ -109,8 +109,10 @@ def place_like(tree, abstract, shardings, what: str = "params"):
 def make_train_step(config, model, tx, mesh, state_sharding) -> Callable:
   """jit((state, global batch) → (state, metrics)) with the state donated; the losses are ``config.loss``'s.
 
-  metrics: {"loss", each loss term and accuracy, "grad_norm", "finite" (bool: total loss is finite)}, all
-  replicated scalars. The batch may be process-local numpy (converted here) or global jax.Arrays.
+  metrics: {"loss", each loss term and accuracy, "grad_norm", "param_norm", "finite"}, all replicated scalars;
+  "finite" (bool) is whether every term, the gradient norm and the updated parameters' norm are finite, i.e.
+  whether the returned state may be saved. The batch may be process-local numpy (converted here) or global
+  jax.Arrays.
   """
   loss_options = model_options(config)[2]
   batch_sh = shd.batch_sharding(mesh)
@@ -122,7 +124,8 @@ def make_train_step(config, model, tx, mesh, state_sharding) -> Callable:
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in terms.items()}
-    metrics.update(loss=total, grad_norm=optax.tree.norm(grads), finite=jnp.isfinite(total))
+    metrics.update(loss=total, grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params))
+    metrics["finite"] = jnp.all(jnp.isfinite(jnp.stack(list(metrics.values()))))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   jitted = jax.jit(step_fn, in_shardings=(state_sharding, batch_sh),

@@ -19,20 +19,43 @@ from jax.experimental import multihost_utils
 
 from tpsearch_jax import evaluate as eval_lib
 from tpsearch_jax import sharding as shd
+from tpsearch_jax.user_errors import UserError, first_line
 from tpsearch_jax.training import checkpointing as ckpt_lib
-from tpsearch_jax.training import optim
+from tpsearch_jax.training import optim, resume_checks
 from tpsearch_jax.training import state as state_lib
 from tpsearch_jax.training.progress import Progress
 from tpsearch_jax.training.setup import Setup, build_setup, initial_state
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The total loss became NaN/Inf; the message names the step and the offending terms."""
+  """A step produced a non-finite loss term, gradient or parameter; the message names the step and the first one.
+
+  Raised at the host sync before any checkpoint of that step (or a later one) is written, so the newest checkpoint
+  on disk is always finite."""
 
 
 # Raised by every process at the same point (they follow replicated values), so the processes can still finish their
 # collective work (pending checkpoint writes) together. Any other error stops only the process that raised it.
 COLLECTIVE_ERRORS = (NonFiniteLossError, eval_lib.MetricsError)
+
+_CHECK_ORDER = ("loss", "grad_norm", "param_norm")  # after the loss terms: what the first bad term leads to
+
+
+def first_nonfinite(metrics: Mapping[str, float]) -> str:
+  """Name of the first non-finite value of one step's metrics: a loss term, else "loss", "grad_norm", "param_norm"."""
+  terms = [k for k in metrics if k not in (*_CHECK_ORDER, "finite")]
+  return next((k for k in (*terms, *_CHECK_ORDER) if k in metrics and not np.isfinite(metrics[k])), "loss")
+
+
+def nonfinite_message(step: int, metrics: Mapping[str, float]) -> str:
+  """The one-line NaN stop: step, first non-finite value, every value, what the rerun does."""
+  bad = first_nonfinite(metrics)
+  values = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items() if k != "finite")
+  what = {"grad_norm": "the loss is finite but its gradient is not",
+          "param_norm": "the loss and gradient are finite but the updated parameters are not"}.get(bad, "")
+  return (f"non-finite {bad} at step {step}{' (' + what + ')' if what else ''}; nothing from this step on was "
+          f"saved, so rerunning resumes from the last finite checkpoint — lower optim.lr (or set "
+          f"optim.grad_clip_norm) and add --config.train.allow_config_change=True; values: {values}")
 
 
 def summarize_train_metrics(pending: Sequence[tuple[int, Mapping[str, jax.Array]]]) -> dict[str, float]:
@@ -40,9 +63,7 @@ def summarize_train_metrics(pending: Sequence[tuple[int, Mapping[str, jax.Array]
   host = jax.device_get([m for _, m in pending])
   for (step, _), m in zip(pending, host):
     if not bool(m["finite"]):
-      bad = {k: float(v) for k, v in m.items() if k != "finite" and not np.isfinite(v)}
-      raise NonFiniteLossError(f"non-finite loss at step {step}: {bad or {'loss': float(m['loss'])}} "
-                               f"(all terms: { {k: float(v) for k, v in m.items() if k != 'finite'} })")
+      raise NonFiniteLossError(nonfinite_message(step, {k: float(v) for k, v in m.items()}))
   keys = [k for k in host[0] if k != "finite"]
   return {k: float(np.mean([float(m[k]) for m in host])) for k in keys}
 
@@ -93,24 +114,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _restore_or_init(s: Setup, checkpointer, writer):
-  """(state, step, best-so-far) from the newest checkpoint in the work directory, or a fresh initialisation."""
+  """(state, step, best-so-far) from the newest intact checkpoint in the work directory, or a fresh initialisation."""
   config = s.config
   best = {"split": config.eval.select_on, "metric": "R1", "value": None, "step": None}
-  if checkpointer.latest_step() is None:
+  found = checkpointer.restore_intact(s.abstract, (ckpt_lib.LAST, ckpt_lib.BEST), set_aside=True)
+  if found is None:
     writer.write_hparams(_flatten(config.to_dict()))
     return initial_state(s), 0, best
-  state, meta = checkpointer.restore(s.abstract)
+  state, meta, folder = found
   best = meta.get("best", best)
   best_step = checkpointer.latest_step(ckpt_lib.BEST)
   if best_step is not None and best_step != best.get("step"):  # a best saved after the newest last-N checkpoint
-    _, best_meta = checkpointer.restore(s.abstract, best_step, ckpt_lib.BEST)
-    best = best_meta.get("best", best)
+    try:
+      best = checkpointer.restore_meta(best_step, ckpt_lib.BEST).get("best", best)
+    except Exception as e:  # pylint: disable=broad-except  (the final evaluation checks the arrays again)
+      logging.warning("cannot read the meta of %s (%s); best so far from %s", checkpointer.directory(
+          ckpt_lib.BEST, best_step), first_line(e), folder)
   step = int(meta["step"])
   if meta.get("steps_per_epoch") not in (None, s.steps_per_epoch):
-    raise ValueError(f"{checkpointer.directory()} was written with {meta['steps_per_epoch']} steps per epoch, the "
-                     f"current data and batch size give {s.steps_per_epoch}: resuming would change the schedule")
-  logging.info("Resumed from %s at step %d (epoch %d); best so far %s", checkpointer.directory(), step,
-               step // s.steps_per_epoch, best)
+    raise UserError(f"{folder} was written with {meta['steps_per_epoch']} steps per epoch, the current data and "
+                    f"batch size give {s.steps_per_epoch}: resuming would change the schedule")
+  resume_checks.check_settings(meta.get("settings"), resume_checks.settings(config), folder,
+                               allow=bool(config.train.allow_config_change))
+  logging.info("Resumed from %s at step %d (epoch %d); best so far %s", folder, step, step // s.steps_per_epoch, best)
   return state, step, best
 
 
@@ -135,7 +161,8 @@ def _train_loop(s: Setup, workdir, writer, checkpointer, state, step: int, best:
 
   def meta(at_step):
     return {"step": at_step, "epoch": at_step // s.steps_per_epoch, "data_position": at_step,
-            "steps_per_epoch": s.steps_per_epoch, "seed": int(config.seed), "best": best}
+            "steps_per_epoch": s.steps_per_epoch, "seed": int(config.seed), "best": best,
+            "settings": resume_checks.settings(config)}
 
   def flush(at_step):
     """Host sync: averaged train metrics and wall-time progress to the writer; raises NonFiniteLossError before
@@ -223,8 +250,15 @@ def _final_evaluation(s: Setup, writer, checkpointer, state, step: int) -> dict:
   splits = config.eval.splits
   best_step = checkpointer.latest_step(ckpt_lib.BEST) if config.eval.select_on != "none" else None
   last_rows = None
+  best_state = None
   if best_step is not None and best_step != step:
-    best_state, _ = checkpointer.restore(s.abstract, best_step, ckpt_lib.BEST)
+    try:
+      best_state, best_meta, _ = checkpointer.restore_intact(s.abstract, (ckpt_lib.BEST,), set_aside=True)
+      best_step = int(best_meta["step"])
+    except ckpt_lib.NoIntactCheckpoint as e:
+      logging.warning("%s; evaluating the last state instead of the best", e)
+      best_step = None
+  if best_state is not None:
     rows = s.evaluate(best_state.params, splits, best_step, checkpointer.directory(ckpt_lib.BEST, best_step))
     del best_state
     last_rows = s.evaluate(state.params, splits, step, checkpointer.directory(ckpt_lib.LAST, step))
@@ -233,4 +267,4 @@ def _final_evaluation(s: Setup, writer, checkpointer, state, step: int) -> dict:
     rows = s.evaluate(state.params, splits, step, checkpointer.directory(where, step))
   for name, row in rows.items():
     writer.write_scalars(step, {f"final/{name}/{k}": row[k] for k in eval_lib.METRIC_KEYS})
-  return eval_lib.results_payload(config, rows, last_rows)
+  return eval_lib.results_payload(config, rows, last_rows) | {"skipped": s.skipped(splits)}

@@ -1,99 +1,57 @@
 """Image pre-scan before a pipeline is built, and naming the files behind a decode failure in the middle of a stream.
 
-Every check names the offending files; with ``data.skip_corrupt`` the offenders are dropped, counted and logged.
+The scan fully decodes every image once (``tpsearch_jax.data.image_check``: thread pool, cached by path, size and
+mtime). Every check names the offending files; the skip rule (data.skip_missing / data.skip_corrupt) drops them,
+counted per kind and logged, or the error names the flag to set.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import dataclasses
 import os
-import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from PIL import Image
 
-TF_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")  # what tf.io.decode_image reads
-NUM_CHECK_THREADS = 16
+from tpsearch_jax.data import image_check
+from tpsearch_jax.data.image_check import (NUM_CHECK_THREADS, TF_FORMATS, ImageCheck, ImageDecodeError, Opener,
+                                           check_images)
 
-Opener = Callable[[str], "str | IO[bytes] | None"]  # key -> something PIL opens, or None when the image is absent
-
-
-class ImageDecodeError(ValueError):
-  """An image file is missing, unreadable or not decodable; the message names the file(s)."""
+__all__ = ["NUM_CHECK_THREADS", "TF_FORMATS", "BatchIterator", "ImageCheck", "ImageDecodeError", "Opener",
+           "check_images", "screen", "verify_images"]
 
 
-@dataclasses.dataclass(frozen=True)
-class ImageCheck:
-  """Result of ``verify_images``: how many files were checked and the offenders as (path, reason)."""
-
-  checked: int
-  bad: list[tuple[str, str]]
-
-  def message(self, limit: int = 10) -> str:
-    head = "; ".join(f"{p}: {r}" for p, r in self.bad[:limit])
-    more = f" (and {len(self.bad) - limit} more)" if len(self.bad) > limit else ""
-    return f"{len(self.bad)} of {self.checked} image files are missing or unreadable: {head}{more}"
-
-
-def _check_one(key: str, open_image: Opener, full_decode: bool, missing: str) -> str | None:
-  source = open_image(key)
-  if source is None:
-    return missing
-  try:
-    with Image.open(source) as im:
-      if im.format not in TF_FORMATS:
-        return f"format {im.format} is not one of {', '.join(TF_FORMATS)}"
-      if full_decode:
-        im.load()
-  except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files; all mean "unreadable"
-    return f"{type(e).__name__}: {e}"
-  return None
-
-
-def check_images(keys: Sequence[str], open_image: Opener, *, full_decode: bool = False, missing: str = "missing",
-                 num_threads: int = NUM_CHECK_THREADS) -> ImageCheck:
-  """Checks each distinct key of keys [N] (header only, or a full PIL decode); ``open_image`` gives what PIL opens,
-  None for an absent image (reported with reason ``missing``)."""
-  unique = list(dict.fromkeys(keys))
-  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-    reasons = list(pool.map(lambda k: _check_one(k, open_image, full_decode, missing), unique))
-  return ImageCheck(len(unique), [(k, r) for k, r in zip(unique, reasons) if r is not None])
-
-
-def verify_images(paths: Sequence[str], *, full_decode: bool = False,
+def verify_images(paths: Sequence[str], *, full_decode: bool = True,
                   num_threads: int = NUM_CHECK_THREADS) -> ImageCheck:
-  """Checks that each distinct file of paths [N] exists and is an image TF can decode (header, or full decode)."""
-  return check_images(paths, lambda p: p if os.path.isfile(p) else None, full_decode=full_decode,
-                      num_threads=num_threads)
+  """Checks that each distinct file of paths [N] exists and fully decodes as an image TF reads (uncached).
+
+  ``full_decode`` is kept for old callers; the check always decodes (a header passes a truncated JPEG).
+  """
+  del full_decode
+  return check_images(paths, lambda p: p if os.path.isfile(p) else None, num_threads=num_threads)
 
 
 def screen(keys: Sequence[str], config_data: Any, what: str,
-           check: Callable[[Sequence[str], bool], ImageCheck]) -> np.ndarray:
-  """Pre-scans the images of keys [N] (unless data.verify_images is False); -> bool [N] keep-mask.
+           check: Callable[[Sequence[str], str], ImageCheck]) -> tuple[np.ndarray, dict[str, str]]:
+  """Pre-scans the images of keys [N] (unless data.verify_images is False); -> (bool [N] keep-mask, {dropped key:
+  "missing" | "corrupt"}).
 
-  ``check(keys, full_decode)`` does the scan. Raises ``ImageDecodeError`` naming the files unless data.skip_corrupt
-  (then the scan fully decodes, and the dropped examples are counted and logged).
+  ``check(keys, what)`` does the scan. Offenders the skip rule does not allow raise ``ImageDecodeError`` naming them,
+  ``what`` and the flag; the allowed ones are dropped and logged.
   """
   keep = np.ones(len(keys), bool)
   if not config_data.verify_images:
-    return keep
-  skip = bool(config_data.skip_corrupt)
-  start = time.perf_counter()
-  result = check(keys, skip)
-  logging.info("%s: checked %d image files in %.1f s", what, result.checked, time.perf_counter() - start)
-  if not result.bad:
-    return keep
-  if not skip:
-    raise ImageDecodeError(f"{what}: {result.message()}. Fix the files or set data.skip_corrupt=True.")
-  bad = {k for k, _ in result.bad}
-  keep = np.array([k not in bad for k in keys], bool)
-  logging.warning("%s: skipping %d examples (data.skip_corrupt): %s", what, int((~keep).sum()), result.message())
-  return keep
+    return keep, {}
+  result = check(keys, what)
+  dropped = image_check.skip_rule(result, config_data, what)
+  if not dropped:
+    return keep, {}
+  keep = np.array([k not in dropped for k in keys], bool)
+  logging.warning("%s: skipping %d examples of %d images (%s): %s", what, int((~keep).sum()), len(dropped),
+                  ", ".join(f"{k}: {v}" for k, v in image_check.count_kinds(dropped).items()), result.message())
+  return keep, dropped
 
 
 class BatchIterator:

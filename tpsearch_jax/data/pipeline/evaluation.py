@@ -7,20 +7,28 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
+from tpsearch_jax.data import image_check
 from tpsearch_jax.models import text_tokenizers
 from tpsearch_jax.data.pipeline import checks, image_ops, options, sources
 
 
 class Batches:
-  """A re-iterable sequence of numpy eval batches with their counts (``num_examples`` excludes padding)."""
+  """A re-iterable sequence of numpy eval batches with their counts (``num_examples`` excludes padding).
+
+  ``skipped``: what the split lost to the skip rule, {"missing": images, "corrupt": images, "captions_dropped": n};
+  ``kept``: int64 [num_examples], the index in the split (image_paths or captions) of each example, in batch order.
+  """
 
   def __init__(self, make: Callable[[], Iterator[dict[str, np.ndarray]]], num_batches: int, num_examples: int,
-               batch_size: int):
+               batch_size: int, skipped: dict[str, int] | None = None, kept: np.ndarray | None = None):
     self._make = make
     self.num_batches = num_batches
     self.num_examples = num_examples
     self.batch_size = batch_size  # per process
+    self.skipped = image_check.add_counts(skipped)
+    self.kept = np.arange(num_examples) if kept is None else np.asarray(kept, np.int64)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self._make()
@@ -48,7 +56,9 @@ def eval_datasets(split: Any, config_data: Any, batch_size: int, *, process_inde
   Image batch: images float32 [b, H, W, 3], pids int32 [b], valid bool [b]. Text batch: caption_ids int32 [b, L],
   pids int32 [b], valid bool [b]; b = batch_size // process_count. Padding rows (valid False, pid -1, zeros) fill
   the last global batch, so every example appears exactly once over all processes. ``split`` has name,
-  image_paths [G], image_pids [G], captions [Q], caption_pids [Q] (``annotations.EvalSplit``).
+  image_paths [G], image_pids [G], captions [Q], caption_pids [Q], and optionally caption_image_index [Q] (the
+  captions of a skipped image are dropped with it) and skipped (what reading dropped) (``annotations.EvalSplit``).
+  Both returned ``Batches`` carry the split's ``skipped`` counts.
   """
   name = str(getattr(split, "name", "") or "")
   options.require_fields(config_data, options.IMAGE_FIELDS, f"eval pipeline {name}".strip())
@@ -58,10 +68,14 @@ def eval_datasets(split: Any, config_data: Any, batch_size: int, *, process_inde
   source = sources.image_source(config_data, name)
   keys = [source.key(p) for p in split.image_paths]
   image_pids = np.asarray(split.image_pids, np.int32)
-  keep = checks.screen(keys, config_data, f"eval split {name} ({source.where})", source.check)
+  keep, dropped = checks.screen(keys, config_data, f"{name} split ({source.where})", source.check)
   keys, image_pids = [p for p, k in zip(keys, keep) if k], image_pids[keep]
-  caption_ids = text_tokenizers.caption_tokenizer(config_data)(list(split.captions), int(config_data.context_length))
-  caption_pids = np.asarray(split.caption_pids, np.int32)
+  captions, caption_pids = list(split.captions), np.asarray(split.caption_pids, np.int32)
+  keep_caption = _captions_kept(split, keep, name)
+  captions, caption_pids = [c for c, k in zip(captions, keep_caption) if k], caption_pids[keep_caption]
+  skipped = image_check.add_counts(getattr(split, "skipped", None), image_check.count_kinds(dropped),
+                                   {"captions_dropped": int((~keep_caption).sum())})
+  caption_ids = text_tokenizers.caption_tokenizer(config_data)(captions, int(config_data.context_length))
   local = batch_size // process_count
 
   image_rows, image_batches = _local_rows(len(keys), batch_size, process_index, process_count)
@@ -94,4 +108,21 @@ def eval_datasets(split: Any, config_data: Any, batch_size: int, *, process_inde
       yield {"caption_ids": np.where(valid[:, None], caption_ids[rows], 0).astype(np.int32),
              "pids": np.where(valid, caption_pids[rows], -1).astype(np.int32), "valid": valid}
 
-  return (Batches(images, image_batches, len(keys), local), Batches(texts, text_batches, len(caption_ids), local))
+  return (Batches(images, image_batches, len(keys), local, skipped, np.flatnonzero(keep)),
+          Batches(texts, text_batches, len(caption_ids), local, skipped, np.flatnonzero(keep_caption)))
+
+
+def _captions_kept(split: Any, keep: np.ndarray, name: str) -> np.ndarray:
+  """bool [Q]: the captions whose image (caption_image_index) is kept; all of them when nothing was dropped."""
+  num_captions = len(split.captions)
+  if keep.all():
+    return np.ones(num_captions, bool)
+  index = getattr(split, "caption_image_index", None)
+  if index is None:
+    logging.warning("%s split: the split has no caption_image_index; the %d captions are kept although %d images "
+                    "were skipped", name, num_captions, int((~keep).sum()))
+    return np.ones(num_captions, bool)
+  kept = keep[np.asarray(index, np.int64)]
+  logging.warning("%s split: dropped the %d captions of the %d skipped images", name, int((~kept).sum()),
+                  int((~keep).sum()))
+  return kept

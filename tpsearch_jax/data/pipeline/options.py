@@ -9,8 +9,9 @@ import tensorflow as tf
 from absl import logging
 
 # config.data fields read by the pipelines (tpsearch_jax/configs/base.py, the c.data block, holds their defaults).
-IMAGE_FIELDS = ("name", "root", "image_size", "normalization", "context_length", "skip_corrupt", "verify_images",
-                "use_tfds", "tfds_data_dir", "num_parallel_calls", "num_threads")
+IMAGE_FIELDS = ("name", "root", "image_size", "normalization", "context_length", "skip_corrupt", "skip_missing",
+                "verify_images", "use_tfds", "tfds_data_dir", "num_parallel_calls", "num_threads")
+# Optional: data.check_cache (image_check.cache_path; "" when absent).
 TRAIN_FIELDS = IMAGE_FIELDS + ("caption_uses_mlm_ids", "augment", "random_erasing", "color_jitter",
                                "identity_sampler", "num_instances", "drop_last")
 AUGMENT_FIELDS = ("augment", "random_erasing", "color_jitter")

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tpsearch_jax.data import tfds_builders
+from tpsearch_jax.data import image_check, tfds_builders
 from tpsearch_jax.data.pipeline import checks, image_ops
 
 
@@ -32,15 +32,20 @@ def decode_problem(encoded: bytes) -> str | None:
 
 
 class FolderImages:
-  """Encoded images read from their files; the key is the file path."""
+  """Encoded images read from their files; the key is the file path. ``cache``: where decoded files are noted."""
 
   where = "image files"
+
+  def __init__(self, cache: image_check.DecodeCache | None = None):
+    self.cache = cache
 
   def key(self, path: str) -> str:
     return path
 
-  def check(self, keys: Sequence[str], full_decode: bool) -> checks.ImageCheck:
-    return checks.verify_images(keys, full_decode=full_decode)
+  def check(self, keys: Sequence[str], what: str) -> checks.ImageCheck:
+    """Full decode of each distinct key (skipped for files unchanged since they last decoded)."""
+    return checks.check_images(keys, lambda p: p if os.path.isfile(p) else None,
+                               fingerprint=image_check.file_fingerprint, cache=self.cache, what=what)
 
   def read(self, key: tf.Tensor) -> tf.Tensor:
     """key string tensor -> encoded bytes (scalar string)."""
@@ -56,11 +61,12 @@ class FolderImages:
 class TfdsImages:
   """Encoded images of one prepared TFDS split, held in memory; the key is the absolute image path."""
 
-  def __init__(self, images: dict[str, bytes], where: str):
+  def __init__(self, images: dict[str, bytes], where: str, cache: image_check.DecodeCache | None = None):
     if not images:
       raise ValueError(f"{where} holds no images")
     self.images = images
     self.where = where
+    self.cache = cache
     keys, values = list(images), list(images.values())
     init = tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(np.array(values, object)))
     self._table = tf.lookup.StaticHashTable(init, default_value=b"")
@@ -72,8 +78,14 @@ class TfdsImages:
     data = self.images.get(key)
     return None if data is None else io.BytesIO(data)
 
-  def check(self, keys: Sequence[str], full_decode: bool) -> checks.ImageCheck:
-    return checks.check_images(keys, self._open, full_decode=full_decode, missing=f"not in {self.where}")
+  def check(self, keys: Sequence[str], what: str) -> checks.ImageCheck:
+    """Full decode of each distinct key's bytes (skipped for bytes that decoded before: same length and CRC)."""
+    return checks.check_images(keys, self._open, fingerprint=self._fingerprint, cache=self.cache, what=what,
+                               missing=f"not in {self.where}")
+
+  def _fingerprint(self, key: str) -> list | None:
+    data = self.images.get(key)
+    return None if data is None else image_check.bytes_fingerprint(data)
 
   def read(self, key: tf.Tensor) -> tf.Tensor:
     """key string tensor -> encoded bytes (scalar string; empty for a key not in the split)."""
@@ -87,8 +99,9 @@ class TfdsImages:
 def image_source(config_data: Any, split: str) -> FolderImages | TfdsImages:
   """The images of ``split`` ("train" | "val" | "test"): files, or with data.use_tfds the prepared TFDS records of
   data.name in data.tfds_data_dir, keyed by <data.root>/imgs/<image_path>."""
+  cache = image_check.cache_for(config_data)
   if not config_data.use_tfds:
-    return FolderImages()
+    return FolderImages(cache)
   builder = tfds_builders.prepared_builder(config_data.name, config_data.tfds_data_dir)
   imgs_dir = os.path.join(os.path.abspath(os.path.expanduser(config_data.root)), "imgs")
   start = time.perf_counter()
@@ -96,4 +109,5 @@ def image_source(config_data: Any, split: str) -> FolderImages | TfdsImages:
   where = f"TFDS {config_data.name}/{split} in {builder.data_dir}"
   logging.info("%s: read %d encoded images (%.1f MB) in %.1f s", where, len(stored),
                sum(map(len, stored.values())) / 2**20, time.perf_counter() - start)
-  return TfdsImages({os.path.abspath(os.path.join(imgs_dir, rel)): data for rel, data in stored.items()}, where)
+  return TfdsImages({os.path.abspath(os.path.join(imgs_dir, rel)): data for rel, data in stored.items()}, where,
+                    cache)

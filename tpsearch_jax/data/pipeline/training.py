@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tpsearch_jax.data import masking, samplers
+from tpsearch_jax.data import image_check, masking, samplers
 from tpsearch_jax.models import text_tokenizers
 from tpsearch_jax.data.pipeline import checks, image_ops, options, sources
 
@@ -44,21 +44,22 @@ def _field(record: Any, index: int, name: str) -> Any:
 
 
 def train_table(records: Sequence[Any], config_data: Any, source: sources.FolderImages | sources.TfdsImages,
-                ) -> tuple[TrainTable, int]:
-  """records [M] (pid, image_id, image_path, caption) -> (table of the N kept examples, M − N skipped)."""
+                ) -> tuple[TrainTable, dict[str, int]]:
+  """records [M] (pid, image_id, image_path, caption) -> (table of the N kept examples, what the screen skipped:
+  {"missing": images, "corrupt": images, "captions_dropped": M − N})."""
   records = list(records)
   if not records:
     raise ValueError("no training records")
   fields = {n: [_field(r, i, n) for i, r in enumerate(records)] for n in RECORD_FIELDS}
   fields["image_path"] = [source.key(p) for p in fields["image_path"]]
-  keep = checks.screen(fields["image_path"], config_data, f"train ({source.where})", source.check)
+  keep, dropped = checks.screen(fields["image_path"], config_data, f"train split ({source.where})", source.check)
   fields = {n: [v for v, k in zip(vals, keep) if k] for n, vals in fields.items()}
   start = time.perf_counter()
   caption_ids = text_tokenizers.caption_tokenizer(config_data)(fields["caption"], int(config_data.context_length))
   logging.info("tokenized %d captions in %.1f s", len(caption_ids), time.perf_counter() - start)
   table = TrainTable(np.array(fields["image_path"], object), np.array(fields["pid"], np.int32),
                      np.array(fields["image_id"], np.int32), caption_ids)
-  return table, len(records) - len(table.keys)
+  return table, {**image_check.count_kinds(dropped), "captions_dropped": len(records) - len(table.keys)}
 
 
 def _sampler(table: TrainTable, config_data: Any, global_batch_size: int, seed: int):
@@ -74,7 +75,9 @@ def _sampler(table: TrainTable, config_data: Any, global_batch_size: int, seed: 
 class TrainPipeline:
   """The train data of one run: images screened and captions tokenized once, at construction.
 
-  ``steps_per_epoch``, ``num_examples`` (after skipped files) and ``num_skipped`` are known right away;
+  ``steps_per_epoch``, ``num_examples`` (after skipped files), ``num_skipped`` (captions dropped) and ``skipped``
+  ({"missing": images, "corrupt": images, "captions_dropped": captions}, including what reading the annotation
+  dropped when ``records`` is ``Annotations.train``) are known right away;
   ``iterator(start_step)`` builds the tf.data stream of this process's batches from ``start_step`` on. Batch (B =
   global_batch_size // process_count): images float32 [B, H, W, 3], caption_ids / mlm_ids / mlm_labels int32 [B, L],
   pids / image_ids int32 [B]; with ``data.drop_last=False`` also valid bool [B] (False on the padding rows of the
@@ -93,7 +96,9 @@ class TrainPipeline:
     self.process_index = process_index
     self.local_batch_size = global_batch_size // process_count
     self.source = sources.image_source(config_data, "train")
-    self.table, self.num_skipped = train_table(records, config_data, self.source)
+    self.table, screened = train_table(records, config_data, self.source)
+    self.skipped = image_check.add_counts(getattr(records, "skipped", None), screened)
+    self.num_skipped = self.skipped["captions_dropped"]
     self.indexer = samplers.StepIndexer(_sampler(self.table, config_data, self.global_batch_size, self.seed))
     self.steps_per_epoch = self.indexer.sampler.steps_per_epoch
     self.with_valid = not self.indexer.sampler.drop_last

@@ -8,6 +8,10 @@ visible parts. Splits are identity-disjoint (twin pairs stay in one split). The 
 ``reid_raw.json`` (file_path, captions, 1-based id, split) and ``attributes.json`` (per-identity attribute table, twin
 links and per-image nuisances) so studies and tests can check captions against the truth.
 
+The generator writes only into an empty (or absent) folder or one it marked as its own (``.synthetic_pedes.json``,
+written first, so an interrupted generation is recognised); replacing a dataset deletes only the files it writes
+(the two JSON files and the ``imgs/cam*/NNNNN_NN.{jpg,png}`` images), never anything else in the folder.
+
     python -m tpsearch_jax.data.synthetic --out=/data/synthetic_pedes --num_ids=300 --images_per_id=4
 """
 
@@ -18,12 +22,13 @@ import inspect
 import json
 import logging
 import os
-import shutil
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from tpsearch_jax.data.image_check import CACHE_NAME
 from tpsearch_jax.data.synthetic import attributes as sa
 from tpsearch_jax.data.synthetic import captions as sc
 from tpsearch_jax.data.synthetic import render as sr
@@ -31,6 +36,10 @@ from tpsearch_jax.data.synthetic import render as sr
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+MARKER = ".synthetic_pedes.json"
+OWN_JSON = ("reid_raw.json", "attributes.json")
+OWN_IMAGE = re.compile(r"cam\d+/\d{5}_\d{2}\.(jpg|png)")  # relative to imgs/, as ``generate`` names them
+IGNORED = (CACHE_NAME,)  # written beside any dataset by the image check; not foreign
 EXTRA_CAPTION_PROB = 0.05  # a few images get a third caption, as in CUHK-PEDES
 
 
@@ -50,7 +59,9 @@ def generate(root: str, num_ids: int = 300, images_per_id: int = 4, seed: int = 
     raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
   if not 0.0 <= twin_fraction <= 0.5:
     raise ValueError(f"twin_fraction must be in [0, 0.5], got {twin_fraction}")
-  _prepare_folder(root, overwrite)
+  args = {"seed": seed, "num_ids": num_ids, "images_per_id": images_per_id, "image_size": [h, w],
+          "split_fractions": list(split_fractions), "twin_fraction": twin_fraction, "image_format": image_format}
+  _prepare_folder(root, overwrite, args)
   start = time.perf_counter()
 
   rng = np.random.default_rng(seed)
@@ -90,11 +101,7 @@ def generate(root: str, num_ids: int = 300, images_per_id: int = 4, seed: int = 
         "twin_of": None if p["twin_of"] is None else ids[p["twin_of"]],
         "differs_in": p["differs_in"],
     })
-  meta = {"format_version": FORMAT_VERSION,
-          "generator": {"seed": seed, "num_ids": num_ids, "images_per_id": images_per_id, "image_size": [h, w],
-                        "split_fractions": list(split_fractions), "twin_fraction": twin_fraction,
-                        "image_format": image_format},
-          "identities": identities, "images": images}
+  meta = {"format_version": FORMAT_VERSION, "generator": args, "identities": identities, "images": images}
   _write_json(os.path.join(root, "reid_raw.json"), records)
   _write_json(os.path.join(root, "attributes.json"), meta)
 
@@ -144,18 +151,48 @@ def _captions(attrs: dict, visible: set[str], seed: list[int]) -> list[str]:
   return out
 
 
-def _prepare_folder(root: str, overwrite: bool) -> None:
-  ours = [os.path.join(root, n) for n in ("imgs", "reid_raw.json", "attributes.json")]
-  existing = [p for p in ours if os.path.exists(p)]
-  if existing and not overwrite:
-    raise FileExistsError(f"{root} already holds a dataset ({', '.join(os.path.basename(p) for p in existing)}); "
-                          "pass overwrite=True (--overwrite) to replace it")
-  for p in existing:
-    if os.path.isdir(p):
-      shutil.rmtree(p)
-    else:
-      os.remove(p)
+def _files(root: str) -> Iterator[str]:
+  """The files under ``root`` (none if absent), relative to it, "/"-separated."""
+  for d, _, fs in os.walk(root):
+    for f in fs:
+      yield os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
+
+
+def _is_ours(root: str) -> bool:
+  """Whether ``root`` carries the generator's marker (or, from before the marker, its attributes.json)."""
+  if os.path.isfile(os.path.join(root, MARKER)):
+    return True
+  try:
+    with open(os.path.join(root, "attributes.json"), encoding="utf-8") as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(meta, dict) and "format_version" in meta and "generator" in meta
+
+
+def _written_by_us(rel: str) -> bool:
+  return rel in OWN_JSON or (rel.startswith("imgs/") and OWN_IMAGE.fullmatch(rel[len("imgs/"):]) is not None)
+
+
+def _prepare_folder(root: str, overwrite: bool, args: dict) -> None:
+  """Makes ``root`` ready for a new dataset: absent or empty, or ours (then cleared of our files with overwrite)."""
+  if not _is_ours(root):
+    foreign = next((f for f in _files(root) if f not in IGNORED), None)
+    if foreign is not None:
+      raise FileExistsError(f"{root} is not empty and is not a synthetic_pedes folder (no {MARKER}; it holds e.g. "
+                            f"{foreign}): pick an empty folder for it, or remove it")
+  else:
+    ours = [f for f in _files(root) if _written_by_us(f)]
+    if ours and not overwrite:
+      raise FileExistsError(f"{root} already holds a synthetic_pedes dataset ({len(ours)} files); pass "
+                            "overwrite=True (--overwrite) to replace it")
+    for rel in ours:
+      os.remove(os.path.join(root, rel))
+    for folder in sorted({os.path.dirname(os.path.join(root, rel)) for rel in ours if rel.startswith("imgs/")}):
+      if not os.listdir(folder):  # an imgs/cam* folder emptied above
+        os.rmdir(folder)
   os.makedirs(os.path.join(root, "imgs"), exist_ok=True)
+  _write_json(os.path.join(root, MARKER), {"format_version": FORMAT_VERSION, "generator": args})
 
 
 def _write_json(path: str, obj) -> None:

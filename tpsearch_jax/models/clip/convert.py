@@ -8,6 +8,9 @@ PATH: an HF folder (model.safetensors + config.json) or an OpenAI-layout .npz (C
 config.json's model_type ("clip", "bert", "vit", "resnet"), or ``--kind``. The output loads with ``load_clip`` /
 ``load_bert`` / ``load_vit`` / ``load_resnet50`` (FILE.msgpack) or ``--config.init.clip`` / ``bert`` / ``vit`` /
 ``resnet=FILE.msgpack``. BERT and ResNet weights do not depend on the image size (``--image_size`` is ignored).
+
+A source that cannot be converted (missing, not a checkpoint, an image size the patch grid cannot hold, NaN/Inf
+tensors) ends with one line on stderr naming it and exit status 2; ``--verbose`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -18,10 +21,19 @@ import logging
 import pathlib
 import sys
 
-from tpsearch_jax.models.clip.layouts import CheckpointError, architecture_summary
+from tpsearch_jax import user_errors
+from tpsearch_jax.models.clip.layouts import architecture_summary
 from tpsearch_jax.models.clip.weights import convert_checkpoint
 
 KINDS = ("clip", "bert", "vit", "resnet")
+PROGRAM = "python -m tpsearch_jax.models.clip.convert"
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse with a bad argument reported in one line (exit status 2) instead of the usage block."""
+
+  def error(self, message):
+    self.exit(2, f"{PROGRAM}: error: {message} (--help lists the arguments)\n")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -29,6 +41,8 @@ def _size(text: str) -> tuple[int, int]:
     h, w = (int(v) for v in text.split(","))
   except ValueError as e:
     raise argparse.ArgumentTypeError(f"expected H,W (e.g. 384,128), got {text!r}") from e
+  if h < 1 or w < 1:
+    raise argparse.ArgumentTypeError(f"expected two positive sizes H,W (e.g. 384,128), got {text!r}")
   return h, w
 
 
@@ -58,23 +72,24 @@ def convert(kind: str, src: str, dst: str, image_size, vision_heads=None, text_h
 
 def main(argv: list[str] | None = None) -> int:
   """CLI entry point; returns the process exit code."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = _Parser(prog=PROGRAM, description=__doc__.splitlines()[0])
   parser.add_argument("--src", required=True, help="HF folder / .safetensors / OpenAI-layout .npz")
   parser.add_argument("--kind", choices=KINDS, default=None, help="default: config.json's model_type, else clip")
   parser.add_argument("--dst", required=True, help="output .msgpack")
   parser.add_argument("--image_size", type=_size, default=None, help="H,W; default: the checkpoint's own")
   parser.add_argument("--vision_heads", type=int, default=None, help="OpenAI layout only; default width // 64")
   parser.add_argument("--text_heads", type=int, default=None, help="OpenAI layout only; default width // 64")
+  parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-  kind = args.kind or detect_kind(args.src)
-  try:
+
+  def body() -> int:
+    kind = args.kind or detect_kind(args.src)
     summary = convert(kind, args.src, args.dst, args.image_size, args.vision_heads, args.text_heads)
-  except (CheckpointError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(f"wrote {args.dst}: {summary}")
-  return 0
+    print(f"wrote {args.dst}: {summary}")
+    return 0
+
+  return user_errors.exit_on_user_error(body, program=PROGRAM, verbose=args.verbose)
 
 
 if __name__ == "__main__":

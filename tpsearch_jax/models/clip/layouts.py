@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from tpsearch_jax import user_errors
 from tpsearch_jax.models.clip.model import CLIPConfig
 
 HF_ANCHOR = "vision_model.embeddings.patch_embedding.weight"
@@ -34,7 +35,7 @@ _HF_PROJECTION_DIM = 512
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(user_errors.UserError):
   """A checkpoint that is not a CLIP the model can hold; the message names the file and the offending keys."""
 
 

@@ -24,7 +24,7 @@ from flax import traverse_util
 from tpsearch_jax.models.clip import layouts
 from tpsearch_jax.models.clip.layouts import CheckpointError
 from tpsearch_jax.models.clip.model import CLIP, CLIPConfig
-from tpsearch_jax.models.clip.params_io import load_params, save_params
+from tpsearch_jax.models.clip.params_io import check_finite, load_params, save_params
 from tpsearch_jax.models.clip.posemb import resize_posemb
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,17 @@ def check_params(params: Mapping, config: CLIPConfig, source: str) -> None:
     raise CheckpointError(f"{source}: params do not match CLIP({layouts.architecture_summary(config)}); {problems}")
 
 
+def check_image_size(image_size, patch: int, source: str) -> None:
+  """CheckpointError unless ``image_size`` (H, W) is None or two positive multiples of the patch size."""
+  if image_size is None:
+    return
+  h, w = (int(v) for v in image_size)
+  if h < 1 or w < 1 or h % patch or w % patch:
+    raise CheckpointError(f"{source}: image size {h},{w} is not two positive multiples of the checkpoint's patch "
+                          f"size {patch}: pass --image_size=H,W with H and W multiples of {patch} (e.g. "
+                          f"{24 * patch},{8 * patch})")
+
+
 def convert_state_dict(state: Mapping[str, Any], image_size: tuple[int, int] | None = None, *,
                        hf_config: Mapping | None = None, vision_heads: int | None = None,
                        text_heads: int | None = None, source: str = "state dict") -> tuple[CLIPConfig, dict]:
@@ -77,6 +88,8 @@ def convert_state_dict(state: Mapping[str, Any], image_size: tuple[int, int] | N
         raise CheckpointError(f"{source}: {name}={given} contradicts config.json ({getattr(native, name)})")
   else:
     native = layouts.openai_architecture(state, source, vision_heads, text_heads)
+  check_image_size(image_size, native.patch_size, source)
+  check_finite(dict(state), source)  # names the tensor as the source has it; save_params checks the result again
   unused = layouts.check_state(state, layout, native, source)
   hf_state = state if layout == "hf" else layouts.openai_to_hf(state, native)
   params = layouts.hf_to_flax(hf_state, native)

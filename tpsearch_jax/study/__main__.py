@@ -1,0 +1,42 @@
+"""``python -m tpsearch_jax.study --config=configs/study_synthetic.py[:size] --out=DIR [--summary_only]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import jax
+
+from absl import logging as absl_logging
+
+from tpsearch_jax.config_files import load_config_module
+from tpsearch_jax.study.runner import run_study
+from tpsearch_jax.study.summary import summarize
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m tpsearch_jax.study", description=__doc__)
+  ap.add_argument("--config", required=True, help="study config file, optionally :argument (e.g. :accelerator)")
+  ap.add_argument("--out", required=True, help="folder of the runs (OUT/<method>/seed<k>) and the summary")
+  ap.add_argument("--summary_only", action="store_true", help="write the summary of the finished runs, train none")
+  ap.add_argument("--only", default="", help="comma-separated methods to run (default: all of the config)")
+  args = ap.parse_args(argv)
+  path, _, arg = args.config.partition(":")
+  module = load_config_module(path)
+  study = module.get_config(arg) if arg else module.get_config()
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  # The seeds of one method compile the same programs: a persistent cache compiles them once.
+  jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(args.out), ".jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  if not args.summary_only:
+    run_study(study, args.out, only=[m for m in args.only.split(",") if m])
+  table = summarize(study, args.out)
+  print(table)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
