@@ -7,9 +7,11 @@ The reference checkouts (anosorae/IRRA, yinhao1102/FMFA) and an environment with
 downloaded or committed. Per method, one worker process per side stays alive (``peer_torch_worker.py`` runs the
 reference training step, ``peer_jax_worker.py`` the project's, once per MLM head); after each side's warm-up the
 driver alternates them ``--rounds`` times, each timing ``--steps`` steps while the others wait, and prints each side's
-median and spread of ms/step and the speed ratio (reference time / ours). Dimensions: ``demo`` = the towers of
-``configs/synthetic.py``; ``small`` / ``full`` = the ``tpsearch_jax.benchmark`` presets; heads = width / 64 on both
-sides (the reference's rule); float32; random initialisation; a fixed random batch.
+median and spread of ms/step and the speed ratio (reference time / ours). ``--baseline_src DIR`` adds the same sides
+from another tree of the project (e.g. the last commit, ``git archive HEAD | tar -x -C DIR``) as ``base/<head>``: a
+before/after under the same load. Dimensions: ``demo`` = the towers of ``configs/synthetic.py``; ``small`` / ``full`` =
+the ``tpsearch_jax.benchmark`` presets; heads = width / 64 on both sides (the reference's rule); float32; random
+initialisation; a fixed random batch.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--dims", default="demo", choices=["demo", "small", "full"])
   p.add_argument("--batch_size", type=int, default=None)
   p.add_argument("--mlm_heads", default="masked,full", help="project sides to time, by MLM head")
+  p.add_argument("--baseline_src", help="another tree of this project (e.g. `git archive HEAD`) timed beside this one, "
+                                        "as base/<head> sides")
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--out", help="write the results as JSON")
@@ -100,16 +104,21 @@ def main(argv: list[str] | None = None) -> int:
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)  # one CPU device, as the reference uses one process
   results = {"dims": d, "host": f"{_cpu()}, {os.cpu_count()} logical cores", "python": platform.python_version(),
-             "load_average_start": os.getloadavg(), "methods": {}}
+             "load_average_start": os.getloadavg(), "methods": {}, "load_average": {}}
   for method in a.methods.split(","):
     src = a.irra_src if method == "irra" else a.fmfa_src
     if not src:
       p.error(f"--{method}_src is needed for method {method}")
     workers = [Worker("pytorch", [a.torch_python, os.path.join(HERE, "peer_torch_worker.py"), "--src", src,
                                   "--method", method, "--dims", json.dumps(d)])]
-    for head in a.mlm_heads.split(","):
-      workers.append(Worker(f"jax/{head}", [sys.executable, os.path.join(HERE, "peer_jax_worker.py"), "--method",
-                                            method, "--dims", json.dumps(d), "--mlm_head", head], env))
+    trees = [("jax", os.path.join(HERE, os.pardir), env)]
+    if a.baseline_src:
+      trees.append(("base", a.baseline_src, dict(env, PYTHONPATH=os.path.abspath(a.baseline_src))))
+    for side, tree, side_env in trees:
+      for head in a.mlm_heads.split(","):
+        workers.append(Worker(f"{side}/{head}", [sys.executable, os.path.join(tree, "benchmarks", "peer_jax_worker.py"),
+                                                 "--method", method, "--dims", json.dumps(d), "--mlm_head", head],
+                              side_env))
     try:
       for w in workers:  # warm-up window
         w.run(1)
@@ -125,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     for w in workers:
       med = statistics.median(w.times)
       rows[w.name] = {"info": w.info, "ms_per_step": w.times, "median_ms": med, "speedup_vs_pytorch": ref / med}
-      print(f"{method:<5} {w.name:<11} median {med:9.1f} ms/step  [{', '.join(f'{t:.0f}' for t in w.times)}]  "
+      print(f"{method:<5} {w.name:<12} median {med:9.1f} ms/step  [{', '.join(f'{t:.0f}' for t in w.times)}]  "
             f"×{ref / med:.2f} vs PyTorch  ({w.info.get('params'):,} params)", flush=True)
     results["methods"][method] = rows
+    results["load_average"][method] = os.getloadavg()
   results["load_average_end"] = os.getloadavg()
   if a.out:
     with open(a.out, "w", encoding="utf-8") as f:

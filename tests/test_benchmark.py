@@ -103,3 +103,15 @@ def test_accelerator_check_ci_path_writes_the_summary(tmp_path):
       [("xla", "False", "masked"), ("xla", "False", "masked"), ("xla", "True", "masked"), ("xla", "False", "full")])
   assert all(float(r[6].replace(",", "")) > 0 for r in rows[:4])  # ms/step measured
   assert any("ci" in line and "evaluation" not in line for line in table if line.startswith("| clip | ci"))
+
+
+def test_demo_preset_is_the_synthetic_configs_train_step():
+  """--preset=demo: the methods start from configs/synthetic.py (its towers, cross-former, batch), 200 classes."""
+  from tpsearch_jax.bench import presets  # pylint: disable=import-outside-toplevel
+  args = benchmark.parse_args(["--preset=demo", "--dtype=float32", "--mlm_head=full"])
+  config = presets.method_config("irra", presets.PRESETS["demo"], args)
+  clip = config.model.clip
+  assert (clip.vision_width, clip.vision_layers, clip.patch_size, tuple(clip.image_size)) == (128, 2, 8, (96, 32))
+  assert (clip.text_width, clip.context_length, clip.vocab_size) == (128, 32, 49408)
+  assert (config.model.cross_layers, config.model.num_classes, config.train.batch_size) == (1, 200, 64)
+  assert config.loss.mlm_head == "full"

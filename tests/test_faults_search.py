@@ -183,6 +183,14 @@ def drop_step_7(run, states):
   shutil.rmtree(run / "checkpoints" / "7")
 
 
+def damage_step_7(run, states):
+  for folder, _, files in os.walk(run / "checkpoints" / "7" / "state"):
+    for name in files:
+      if os.path.basename(folder) == "d":  # the tensor data files of orbax's OCDBT store
+        with open(os.path.join(folder, name), "r+b") as f:
+          f.truncate(8)
+
+
 def widen(index, states):
   emb = np.load(index / "embeddings.npy")
   rewrite_index(index, np.concatenate([emb, emb[:, :1]], axis=1), dim=17)
@@ -206,6 +214,8 @@ REFUSALS = {
     "step_missing": (lambda run, index, states: drop_step_7(run, states),
                      r"checkpoint checkpoints/7 \(step 7\), which .* no longer has \(it has: checkpoints/9\): "
                      r"rebuild the index: python -m tpsearch_jax.search index"),
+    "checkpoint_damaged": (lambda run, index, states: damage_step_7(run, states),
+                           r"needs exactly \S+/checkpoints/7: .*; or rebuild the index: python -m"),
     "dimension": (lambda run, index, states: widen(index, states), r"vectors of width 16, but .* records step 7 and "
                   r"width 17: rebuild the index"),
     "checksum": (lambda run, index, states: flip_a_byte(index, states),

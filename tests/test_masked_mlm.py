@@ -103,3 +103,50 @@ def test_unknown_head_is_named():
   params, hidden, labels = _inputs(0.1)
   with pytest.raises(ValueError, match="config.loss.mlm_head"):
     masked_mlm.mlm_terms(hidden, labels, lambda x: _head(params, x), head="sparse")
+
+
+def test_first_argmax_is_argmax_with_ties():
+  rng = np.random.default_rng(7)
+  logits = rng.normal(size=(6, 40)).astype(np.float32)
+  logits[0, [3, 17, 30]] = logits[0].max() + 1.0  # tied maximum: the first index wins
+  logits[1, [0, 39]] = logits[1].max() + 1.0
+  logits[2] = 0.0  # all equal
+  logits[3, 39] = logits[3].max() + 1.0  # the last index
+  got = jax.jit(masked_mlm.first_argmax)(jnp.asarray(logits))
+  np.testing.assert_array_equal(got, np.argmax(logits, axis=-1))
+  np.testing.assert_array_equal(got[:4], [3, 0, 0, 39])
+
+
+def _plain_full_head(params, hidden, labels):
+  """The full head on [B, L, W] rows without masked_mlm: plain jnp CE and argmax accuracy at the labelled positions."""
+  logits = _head(params, hidden)  # [B, L, V]
+  on = labels != 0
+  ce = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[..., None], -1)[..., 0]
+  n = jnp.maximum(jnp.sum(on), 1)
+  return jnp.sum(jnp.where(on, ce, 0.0)) / n, jnp.sum((jnp.argmax(logits, -1) == labels) & on) / n
+
+
+@pytest.mark.parametrize("head", masked_mlm.HEADS)
+def test_heads_equal_a_plain_full_head_with_gradients(head):
+  params, hidden, labels = _inputs(0.2, seed=11)
+  want = jax.jit(jax.value_and_grad(_plain_full_head, argnums=(0, 1), has_aux=True))(params, hidden, labels)
+  got = _loss_and_grads(head, 0.25, params, hidden, labels)
+  np.testing.assert_allclose(got[0], want[0][0], rtol=1e-6)
+  np.testing.assert_allclose(got[1], want[0][1], atol=1e-7)
+  for g, w in zip(jax.tree.leaves(got[2]), jax.tree.leaves(want[1])):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_masked_branch_carries_no_vocabulary_sized_residual():
+  """The differentiated cond returns only small residuals: the fallback's [B·L, V] ones are rematerialised."""
+  params, hidden, labels = _inputs(0.15)
+
+  def f(p, h):
+    return masked_mlm.mlm_terms(h, labels, lambda x: _head(p, x), head="masked", fraction=0.25, group_rows=4)[0]
+
+  jaxpr = jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(params, hidden).jaxpr
+  conds = [e for e in jaxpr.eqns if e.primitive.name == "cond"]
+  assert conds, "the masked head lost its cond"
+  for eqn in conds:
+    big = [v.aval.shape for v in eqn.outvars if np.prod(v.aval.shape, dtype=int) >= B * L * V]
+    assert not big, f"a cond returns vocabulary-sized values {big}"

@@ -325,9 +325,11 @@ def test_killed_process_stops_the_other_and_rerun_resumes(chain):
 
 
 def test_error_in_one_process_stops_the_other(chain):
-  """Process 1 raises; it exits at once (no shutdown barrier) and process 0 stops within the heartbeat timeout."""
+  """Process 1 raises (a config mistake: one line, status 2); it exits at once (no shutdown barrier) and process 0
+  stops within the heartbeat timeout."""
   codes, logs = chain["error"]["exit_codes"], chain["error"]["logs"]
-  assert codes[1] == 1 and codes[0] != 0, codes
+  assert codes[1] == 2 and codes[0] != 0, codes
+  assert "tpsearch_jax.main: error (process 1): config.eval.select_on='bogus'" in logs[1]
   assert "process 1/2 failed: config.eval.select_on='bogus'" in logs[1]
   assert "exiting process 1 without the shutdown barrier" in logs[1]
   assert "another task died" in logs[0]

@@ -93,22 +93,20 @@ def main(argv) -> int:
     return _run()
   except trainer.COLLECTIVE_ERRORS:
     raise  # every process raised it: they leave through the shutdown barrier together
-  except user_errors.USER_FACING as e:
-    if verbose:
-      raise
-    print(f"{PROGRAM}: error (process {jax.process_index()}): {e}", file=sys.stderr, flush=True)
-    os._exit(2)
   except BaseException as e:  # pylint: disable=broad-except
     # Only this process failed. The normal exit waits at the shutdown barrier for the others, which wait for this
     # one in their next collective: exit now, so the coordinator sees this process gone and stops the others.
-    logging.error("process %d/%d failed: %s\n%s", jax.process_index(), jax.process_count(), e,
-                  "".join(traceback.format_exception(e)))
+    user_error = isinstance(e, user_errors.USER_FACING)
+    detail = "" if user_error and not verbose else "\n" + "".join(traceback.format_exception(e))
+    logging.error("process %d/%d failed: %s%s", jax.process_index(), jax.process_count(), e, detail)
     logging.error("exiting process %d without the shutdown barrier: the other processes stop within the heartbeat "
                   "timeout (%d s); rerun the same command to resume", jax.process_index(), FLAGS.heartbeat_timeout_s)
+    if user_error:
+      print(f"{PROGRAM}: error (process {jax.process_index()}): {e}", file=sys.stderr)
     logging.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(130 if isinstance(e, KeyboardInterrupt) else 1)
+    os._exit(2 if user_error else 130 if isinstance(e, KeyboardInterrupt) else 1)
 
 
 def cli() -> None:

@@ -7,7 +7,9 @@ group (a static shape), and projects only those: [B/g, C, V] logits. Should any 
 positions, a ``lax.cond`` runs the full head instead, so the result never depends on the capacity: the loss and its
 gradients equal the full head's to float tolerance on every batch (tests/test_masked_mlm.py). The sum over labelled
 positions concentrates well within the capacity (15 % selection: mean 0.15·g·L_eligible, far below the default 0.25·g·L),
-so the fallback is rare; only the branch taken runs.
+so the fallback is rare; only the branch taken runs. The fallback is rematerialised (``jax.checkpoint``): a
+differentiated ``lax.cond`` returns the residuals of both branches, so the masked branch would otherwise write zeros
+for the full branch's [B·L, V] residuals on every step.
 
 Groups keep the rows of a caption together, so a batch sharded over devices stays sharded (g divides the batch).
 """
@@ -26,8 +28,9 @@ HEADS = ("masked", "full")
 
 
 def first_argmax(logits: jax.Array) -> jax.Array:
-  """logits [..., V] → int32 [...]: ``jnp.argmax`` (first index of the maximum) for NaN-free logits, as a max and a
-  min reduction: XLA:CPU runs the (value, index) reduction of argmax serially, ~3× slower over 49,408 words."""
+  """logits [..., V] → int32 [...]: ``jnp.argmax`` (the first index of the maximum) for NaN-free logits, as a max
+  and a min reduction; XLA:CPU's (value, index) reduction of argmax over 49,408 words cost ≈ 5 % more of the demo's
+  full-head step (benchmarks/RESULTS.md, profile)."""
   top = jnp.max(logits, axis=-1, keepdims=True)
   index = jnp.arange(logits.shape[-1], dtype=jnp.int32)
   return jnp.min(jnp.where(logits == top, index, logits.shape[-1]), axis=-1)
@@ -48,8 +51,8 @@ def _terms(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _flat_terms(hidden: jax.Array, labels: jax.Array, head_fn) -> tuple[jax.Array, jax.Array]:
   """hidden [..., W], labels [...] → the terms of ``head_fn`` on the [N, W] rows.
 
-  2-D rows: XLA:CPU then computes the weight gradient as one dot, with no transposed [V, N] copy of the logits'
-  gradient (from a [B, L, W] operand it made one, and the whole step took 1.4× longer)."""
+  2-D rows: XLA:CPU then computes the weight gradient as one dot; from [B, L, W] rows it copied the logits' gradient
+  to a transposed [V, N] layout first, and the demo's full-head step took 1.4× the CPU time."""
   return _terms(head_fn(hidden.reshape(-1, hidden.shape[-1])), labels.reshape(-1))
 
 
@@ -91,7 +94,5 @@ def mlm_terms(hidden: jax.Array, labels: jax.Array, head_fn: Callable[[jax.Array
   if head != "masked":
     raise ValueError(f"config.loss.mlm_head must be one of {HEADS}, got {head!r}")
   rows, picked, fits = select_labelled(hidden, labels, group_rows, fraction)
-  # The fallback is rematerialised: a differentiated cond returns the residuals of both branches, so without it the
-  # taken masked branch would write zeros for the full branch's [B·L, V] residuals on every step.
   full = jax.checkpoint(lambda h: _flat_terms(h, labels, head_fn))
   return jax.lax.cond(fits, lambda: _flat_terms(rows, picked, head_fn), lambda: full(hidden))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import re
 from typing import Any
 
@@ -49,6 +50,7 @@ class Preset:
   search_dim: int
   search_query_batch: int
   search_batches: int
+  config_file: str | None = None  # the configs the methods start from when --config_file is not given (None: base)
 
 
 PRESETS = {
@@ -65,7 +67,13 @@ PRESETS = {
                    tiny=False, num_classes=11003, batch_size=128, warmup=3, steps=10, windows=5, eval_batch_size=512,
                    eval_batches=6, eval_sizes=("cuhk", "icfg"), metrics_sizes=("cuhk", "icfg"),
                    search_rows=1_000_000, search_dim=512, search_query_batch=1024, search_batches=10),
+    "demo": Preset("the towers of configs/synthetic.py (96×32 images, patch 8, width 128, 2 layers, context 32, "
+                   "cross-former 1 layer), batch 64, 200 classes: the CPU demo's train step", clip=None, tiny=False,
+                   num_classes=200, batch_size=64, warmup=1, steps=2, windows=3, eval_batch_size=128,
+                   eval_batches=2, eval_sizes=(), metrics_sizes=("cuhk",), search_rows=100_000, search_dim=128,
+                   search_query_batch=256, search_batches=3, config_file="configs/synthetic.py"),
 }
+_REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def dataset_size(name: str) -> tuple[int, int, int]:
@@ -92,7 +100,8 @@ def base_config(method: str, config_file: str | None = None):
 
 def method_config(method: str, preset: Preset, args, attention: str = "xla") -> Any:
   """The base config of ``method`` with the preset's model size and the CLI's batch/precision/remat/FSDP choices."""
-  config = base_config(method, args.config_file)
+  config_file = args.config_file or (preset.config_file and str(_REPO / preset.config_file))
+  config = base_config(method, config_file)
   with config.unlocked():
     if preset.tiny:
       tiny = model_presets.tiny_model_config(method, num_classes=preset.num_classes)

@@ -8,9 +8,10 @@
 ``index`` encodes the images under ``--images`` (recursively; jpg/jpeg/png/bmp/webp) with the run's model
 (``RUN/config.json`` + its best, else last, checkpoint), with a progress bar; re-running it encodes only new or changed
 files. The index pins that checkpoint (config hash, checkpoint folder + step, vector width, checksums): ``query`` and
-``serve`` load exactly it (``--workdir``: the run folder moved there) and refuse anything else. ``query`` prints the top-k images per sentence (``--text``, repeatable, and/or ``--queries`` FILE, one a line) with
-cosine scores; ``--explain`` adds the score split into its pieces, ``--grid`` writes a PNG of the results, ``--html`` a
-page of thumbnails. ``serve`` starts the local search page (``server.py``). None imports TensorFlow.
+``serve`` load exactly it (``--workdir``: the run folder moved there) and refuse anything else. ``query`` prints the
+top-k images per sentence (``--text``, repeatable, and/or ``--queries`` FILE, one a line) with cosine scores;
+``--explain`` adds the score split into its pieces, ``--grid`` writes a PNG of the results, ``--html`` a page of
+thumbnails. ``serve`` starts the local search page (``server.py``). None imports TensorFlow.
 
 A mistake the user can fix (a flag, a file, a mismatched run) ends with one line on stderr and exit status 2
 (``user_errors``); ``--verbose`` or ``--pdb`` shows the traceback instead.
@@ -50,8 +51,7 @@ flags.DEFINE_string("grid", None, "Write a PNG of the top-k per query to this fi
 flags.DEFINE_string("html", None, "Also write the results as an HTML page with thumbnails (query).")
 flags.DEFINE_string("host", "127.0.0.1", "Address to bind (serve); 0.0.0.0 exposes the page to the network.")
 flags.DEFINE_integer("port", 8080, "Port (serve); 0 picks a free one.")
-if "verbose" not in FLAGS:  # another command of the same process may have defined it
-  flags.DEFINE_bool("verbose", False, "Show the traceback of an error instead of its one-line message.")
+flags.DEFINE_bool("verbose", False, "Show the traceback of an error instead of its one-line message.")
 
 
 def write_html(path: str, sentences: Sequence[str], results) -> None:
@@ -156,6 +156,8 @@ def run_command(argv) -> int:
     return 0
   library.read_meta(FLAGS.index)  # a missing or older-format index is refused before the model loads
   if argv[1] == "serve":
+    if not 0 <= FLAGS.port <= 65535:
+      raise user_errors.UserError(f"--port must be between 0 (any free port) and 65535, got {FLAGS.port}")
     server.serve(FLAGS.index, FLAGS.host, FLAGS.port, workdir=FLAGS.workdir)
     return 0
   if FLAGS.k < 1:

@@ -115,7 +115,10 @@ def load_pinned_run(meta: dict, index_dir: str, workdir: str | None = None) -> r
     raise FingerprintMismatch(f"{index_dir} was built with checkpoint {fp['checkpoint']} (step {fp['step']}), which "
                               f"{root} no longer has (it has: {', '.join(have) or 'none'}): rebuild the index: "
                               f"{rebuild}")
-  run = runs.load_run(root, folder, config=config)
+  try:
+    run = runs.load_run(root, folder, config=config)
+  except (user_errors.UserError, FileNotFoundError) as e:  # damaged: no other checkpoint can serve this index
+    raise FingerprintMismatch(f"{index_dir} needs exactly {folder}: {e}; or rebuild the index: {rebuild}") from e
   if int(run.step) != int(fp["step"]) or text_dim(run) != int(fp["dim"]):
     raise FingerprintMismatch(f"{folder} is step {run.step} with vectors of width {text_dim(run)}, but {index_dir} "
                               f"records step {fp['step']} and width {fp['dim']}: rebuild the index: {rebuild}")
@@ -252,8 +255,9 @@ def read_meta(index_dir: str) -> dict:
     raise BadIndex(f"{meta_path} is not valid JSON ({e}): rebuild the index (python -m tpsearch_jax.search index)")
   version = meta.get("format_version", 1) if isinstance(meta, dict) else None
   if version != FORMAT_VERSION or not isinstance(meta.get("fingerprint"), dict):
+    rebuild = rebuild_command(meta if isinstance(meta, dict) else {}, index_dir)
     raise BadIndex(f"{index_dir} is an index of format {version}; this version reads format {FORMAT_VERSION} only "
-                   f"(it pins the checkpoint): rebuild it: {rebuild_command(meta if isinstance(meta, dict) else {}, index_dir)}")
+                   f"(it pins the checkpoint): rebuild it: {rebuild}")
   return meta
 
 

@@ -59,6 +59,7 @@ class Searcher:
     self.embeddings, self.foreground = data["embeddings"], data["foreground"]
     self.root = self.meta.get("images_root") or os.path.commonpath(self.paths)
     run = library.load_pinned_run(self.meta, index_dir, workdir)
+    self.workdir = workdir or self.meta["workdir"]
     self.run, self.mesh = run, run.mesh
     self.layout = (explain.Layout.from_json(self.meta["layout"]) if "layout" in self.meta
                    else explain.layout_from_config(run.config, self.embeddings.shape[1],

@@ -98,7 +98,7 @@ class SearchServer(ThreadingHTTPServer):
   def info_json(self) -> dict:
     s = self.searcher
     return {"num_images": s.num_images, "images_root": s.root, "method": s.meta.get("method"),
-            "step": s.run.step, "workdir": s.meta.get("workdir"), "parts": s.layout.has_parts,
+            "step": s.run.step, "workdir": s.workdir, "parts": s.layout.has_parts,
             "pieces": list(s.layout.names), "max_k": MAX_K, "max_query_chars": MAX_QUERY_CHARS}
 
 
