@@ -7,7 +7,8 @@ The reference checkouts (anosorae/IRRA, yinhao1102/FMFA) and an environment with
 downloaded or committed. Per method, one worker process per side stays alive (``peer_torch_worker.py`` runs the
 reference training step, ``peer_jax_worker.py`` the project's, once per MLM head); after each side's warm-up the
 driver alternates them ``--rounds`` times, each timing ``--steps`` steps while the others wait, and prints each side's
-median and spread of ms/step and the speed ratio (reference time / ours). ``--baseline_src DIR`` adds the same sides
+median and spread of ms/step and the speed ratio (reference time / ours), and the same for the process CPU time
+(all threads; less sensitive than wall time to a busy machine). ``--baseline_src DIR`` adds the same sides
 from another tree of the project (e.g. the last commit, ``git archive HEAD | tar -x -C DIR``) as ``base/<head>``: a
 before/after under the same load. Dimensions: ``demo`` = the towers of ``configs/synthetic.py``; ``small`` / ``full`` =
 the ``tpsearch_jax.benchmark`` presets; heads = width / 64 on both sides (the reference's rule); float32; random
@@ -56,6 +57,7 @@ class Worker:
     self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     self.info = self._expect("READY")
     self.times: list[float] = []
+    self.cpu_times: list[float] = []
 
   def _expect(self, tag: str) -> dict:
     for line in self.proc.stdout:
@@ -66,9 +68,10 @@ class Worker:
   def run(self, steps: int) -> float:
     self.proc.stdin.write(f"RUN {steps}\n")
     self.proc.stdin.flush()
-    ms = self._expect("TIME")["ms_per_step"]
-    self.times.append(ms)
-    return ms
+    timing = self._expect("TIME")
+    self.times.append(timing["ms_per_step"])
+    self.cpu_times.append(timing.get("cpu_ms_per_step", float("nan")))
+    return timing["ms_per_step"]
 
   def close(self) -> None:
     if self.proc.poll() is None:
@@ -123,19 +126,22 @@ def main(argv: list[str] | None = None) -> int:
       for w in workers:  # warm-up window
         w.run(1)
         w.times.clear()
+        w.cpu_times.clear()
       for r in range(a.rounds):
         for w in workers[r % len(workers):] + workers[:r % len(workers)]:
           w.run(a.steps)
     finally:
       for w in workers:
         w.close()
-    ref = statistics.median(workers[0].times)
+    ref, ref_cpu = statistics.median(workers[0].times), statistics.median(workers[0].cpu_times)
     rows = {}
     for w in workers:
-      med = statistics.median(w.times)
-      rows[w.name] = {"info": w.info, "ms_per_step": w.times, "median_ms": med, "speedup_vs_pytorch": ref / med}
+      med, cpu = statistics.median(w.times), statistics.median(w.cpu_times)
+      rows[w.name] = {"info": w.info, "ms_per_step": w.times, "median_ms": med, "speedup_vs_pytorch": ref / med,
+                      "cpu_ms_per_step": w.cpu_times, "median_cpu_ms": cpu, "cpu_speedup_vs_pytorch": ref_cpu / cpu}
       print(f"{method:<5} {w.name:<12} median {med:9.1f} ms/step  [{', '.join(f'{t:.0f}' for t in w.times)}]  "
-            f"×{ref / med:.2f} vs PyTorch  ({w.info.get('params'):,} params)", flush=True)
+            f"×{ref / med:.2f} vs PyTorch; CPU time {cpu:.0f} ms/step ×{ref_cpu / cpu:.2f}  "
+            f"({w.info.get('params'):,} params)", flush=True)
     results["methods"][method] = rows
     results["load_average"][method] = os.getloadavg()
   results["load_average_end"] = os.getloadavg()

@@ -58,6 +58,7 @@ OVERRIDES = {
     # amplifies. At synthetic.py's lr 3e-3 / Adam eps 1e-8 it grows to similarity differences of ~1e-3 in 21 steps,
     # enough to swap near-tied gallery items; at lr 3e-4 with the reference recipe's eps 1e-3 it stays ~1e-6.
     "optim.lr": 3e-4, "optim.eps": 1e-3,
+    "data.identity_sampler": False,  # the shuffled pass these tolerances were measured with (58 captions, 7 steps)
 }
 # Final parameters (21 Adam steps): 4 devices in one process vs 2 × 2 over gloo (vs 8 devices, vs FSDP) differ only
 # by the order of the gradient reductions. Measured: relative L2 distance of the whole parameter vector ≤ 1e-7 and
