@@ -88,7 +88,9 @@ def main(argv) -> int:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   verbose = FLAGS.verbose or FLAGS.pdb_post_mortem
   if not _maybe_initialize_distributed() or jax.process_count() == 1:
-    return user_errors.exit_on_user_error(_run, program=PROGRAM, verbose=verbose)
+    status = user_errors.exit_on_user_error(_run, program=PROGRAM, verbose=verbose)
+    logging.flush()
+    user_errors.exit_process(status)
   try:
     return _run()
   except trainer.COLLECTIVE_ERRORS:
@@ -114,7 +116,7 @@ def cli() -> None:
   code = user_errors.exit_on_user_error(lambda: config_files.check_config_flags(sys.argv[1:]) or 0, program=PROGRAM,
                                         verbose="--verbose" in sys.argv or "--pdb" in sys.argv)
   if code:
-    sys.exit(code)
+    user_errors.exit_process(code)
   app.run(main)
 
 

@@ -1,13 +1,15 @@
 """Errors a user can fix, and the one way the command-line tools report them: one line, no traceback.
 
 Every command (``main``, ``search``, ``convert``) runs its body through ``exit_on_user_error``: an exception of a
-``USER_FACING`` type prints ``<program>: error: <message>`` on stderr and exits with status 2; ``--verbose`` (or
-absl's ``--pdb``) lets it propagate with its traceback. Anything else is a bug and keeps its traceback.
+``USER_FACING`` type prints ``<program>: error: <message>`` on stderr and returns status 2; ``--verbose`` (or
+absl's ``--pdb``) lets it propagate with its traceback. Anything else is a bug and keeps its traceback. The
+processes then leave through ``exit_process``.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from typing import Callable, Iterable
 
@@ -16,6 +18,7 @@ class UserError(ValueError):
   """A mistake in the input (a file, a record, a flag) that the user can fix; the message says how."""
 
 
+USER_ERROR_STATUS = 2
 USER_FACING = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
@@ -40,4 +43,14 @@ def exit_on_user_error(body: Callable[[], int], *, program: str, verbose: bool =
     message = str(e).strip() or type(e).__name__
     print(f"{program}: error: {message} (--verbose shows the traceback)", file=sys.stderr)
     sys.stderr.flush()
-    return 2
+    return USER_ERROR_STATUS
+
+
+def exit_process(status: int) -> None:
+  """Ends a command-line process with ``status``; after a user error at once (``os._exit``), because the background
+  threads of a failed checkpoint read would otherwise print tracebacks at interpreter shutdown, after the one line."""
+  if status != USER_ERROR_STATUS:
+    sys.exit(status)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)

@@ -87,14 +87,16 @@ def plot_curves(found: dict, path: str, steps_per_epoch: int | None = None) -> s
 
   fig, ax = plt.subplots(figsize=(8, 5))
   drawn = 0
-  for method, runs in found.items():
+  colours = plt.cm.tab20(np.linspace(0, 1, 20))
+  for n, (method, runs) in enumerate(found.items()):
     curves = [dict(r["curve"]) for r in runs if r["curve"]]
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     if not steps:
       continue
     vals = np.asarray([[c[s] for s in steps] for c in curves])
     x = np.asarray(steps) / (steps_per_epoch or 1)
-    line, = ax.plot(x, vals.mean(0), marker="o", ms=3, label=f"{method} ({len(curves)})")
+    line, = ax.plot(x, vals.mean(0), marker="o", ms=3, color=colours[(2 * n) % 20 + (2 * n) // 20],
+                    ls="--" if "_" in method and method != "fmfa_paper" else "-", label=f"{method} ({len(curves)})")
     ax.fill_between(x, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.12)
     drawn += 1
   if not drawn:
@@ -102,7 +104,7 @@ def plot_curves(found: dict, path: str, steps_per_epoch: int | None = None) -> s
     return None
   ax.set_xlabel("epoch" if steps_per_epoch else "step")
   ax.set_ylabel("val R1 (%)")
-  ax.set_title("synthetic_pedes: validation R1 during training (mean over seeds; band: min–max)")
+  ax.set_title("synthetic_pedes: validation R1 during training (mean over seeds; band: min–max)", fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, ncol=2)
   fig.tight_layout()

@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import pathlib
-import sys
 
 from tpsearch_jax import user_errors
 from tpsearch_jax.models.clip.layouts import architecture_summary
@@ -93,4 +92,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  user_errors.exit_process(main())
