@@ -8,7 +8,8 @@ identity-balanced sampler, lr 3e-3) with ``OVERRIDES[size]`` on top, and for an 
 ``pcc`` (``VARIANTS``: data, not code). The published per-method optimizer values (FMFA's lr 5e-6 and single group,
 the pcc groups) are replaced by the one small-scale recipe, so that every method gets the same budget and optimizer
 from random init; only objectives and architecture differ. Sizes: "cpu" (the study of docs/study_synthetic.md),
-"accelerator" (larger data and towers, more steps; not run here), "tiny" (the driver's test).
+"cpu_long" (4× its steps, for a longer single-seed check), "accelerator" (larger data and towers, more steps; not run
+here), "tiny" (the driver's test).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import ml_collections
 METHODS = ("clip", "irra", "fmfa", "fmfa_paper", "pcc", "combined",
            "pcc_global", "pcc_coarse", "pcc_parts", "pcc_fixed_margin", "pcc_cmr_freq")
 
-# name → (preset, {"section.field": value}); the pcc ladder: global only → + coarse → + parts → + foreground (= pcc),
-# and the part ranking term: fixed margin (CMR with floor = margin) vs CMR with classifier-probability ("prob", = pcc)
-# or in-batch frequency ("freq") commonality.
+# name → (preset, (("section.field", value), ...)); the pcc ladder: global only → + coarse → + parts → + foreground
+# (= pcc), and the part ranking term: fixed margin (CMR with floor = margin) vs CMR with classifier-probability
+# ("prob", = pcc) or in-batch frequency ("freq") commonality.
 VARIANTS = (
     ("pcc_global", "pcc", (("model.use_parts", False), ("loss.cmr", 0.0))),
     ("pcc_coarse", "pcc", (("loss.cmr", 0.0), ("model.embed_weights.part", 0.0), ("model.part.foreground", False))),
@@ -38,6 +39,10 @@ OVERRIDES = {
     "cpu": _SAME_RECIPE + (("model.clip.embed_dim", 64), ("model.clip.vision_width", 64),
                            ("model.clip.text_width", 64), ("train.batch_size", 32), ("schedule.num_epochs", 4),
                            ("eval.every_epochs", 1), ("train.log_every_steps", 41)),
+    # 4× the cpu budget (16 epochs, 656 steps): the longer single-seed check of docs/study_synthetic.md.
+    "cpu_long": _SAME_RECIPE + (("model.clip.embed_dim", 64), ("model.clip.vision_width", 64),
+                                ("model.clip.text_width", 64), ("train.batch_size", 32), ("schedule.num_epochs", 16),
+                                ("eval.every_epochs", 2), ("train.log_every_steps", 82)),
     "accelerator": _SAME_RECIPE + (
         ("data.synthetic", dict(num_ids=2000, images_per_id=6, seed=0, image_size=(192, 64))),
         ("data.root", "/tmp/tpsearch_data/synthetic_pedes_2000"),

@@ -2,8 +2,8 @@
 
 The dataset is generated on first use into ``data.root`` (no downloads). Small towers (width 128, 2 layers), 96×32
 images with 8×8 patches and 32-token captions keep one run within minutes on a 2-core CPU; the recipe keeps the
-reference parameter groups and warm-up + cosine schedule, with a larger learning rate, Adam eps 1e-8 and no image
-augmentation, as the towers start from random weights.
+reference parameter groups and warm-up + cosine schedule, with a larger learning rate, Adam eps 1e-8, no image
+augmentation and identity-balanced batches, as the towers start from random weights (docs/study_synthetic.md).
 
     python -m tpsearch_jax.main --config=configs/synthetic.py --workdir=/tmp/tpsearch_synthetic
     python -m tpsearch_jax.main --config=configs/synthetic.py:fmfa --workdir=/tmp/tpsearch_synthetic_fmfa

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.study import run_config, run_study, summarize
 from tpsearch_jax.study.runner import variants
@@ -35,7 +33,6 @@ def test_variants_are_overrides_of_their_preset():
   assert run_config(big, "irra", 0).data.synthetic.num_ids > c.data.synthetic.num_ids
 
 
-@pytest.mark.slow  # two tiny trainings, each compiling its own train step: minutes on the 2-core CPU
 def test_tiny_study_runs_resumes_and_summarizes(tmp_path):
   study = _tiny_study(str(tmp_path / "data"))
   out = str(tmp_path / "study")

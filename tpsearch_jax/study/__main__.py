@@ -22,17 +22,22 @@ def main(argv=None) -> int:
   ap.add_argument("--out", required=True, help="folder of the runs (OUT/<method>/seed<k>) and the summary")
   ap.add_argument("--summary_only", action="store_true", help="write the summary of the finished runs, train none")
   ap.add_argument("--only", default="", help="comma-separated methods to run (default: all of the config)")
+  ap.add_argument("--seeds", default="", help="comma-separated seeds (default: the config's)")
   args = ap.parse_args(argv)
   path, _, arg = args.config.partition(":")
   module = load_config_module(path)
   study = module.get_config(arg) if arg else module.get_config()
+  if args.seeds:
+    study.seeds = tuple(int(v) for v in args.seeds.split(","))
+  if args.only:
+    study.methods = tuple(m for m in study.methods if m in args.only.split(","))
   absl_logging.set_verbosity(absl_logging.WARNING)
   # The seeds of one method compile the same programs: a persistent cache compiles them once.
   jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(args.out), ".jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   if not args.summary_only:
-    run_study(study, args.out, only=[m for m in args.only.split(",") if m])
+    run_study(study, args.out)
   table = summarize(study, args.out)
   print(table)
   return 0

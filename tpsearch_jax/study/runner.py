@@ -82,6 +82,7 @@ def run_study(study, out: str, only: Sequence[str] = ()) -> list[dict]:
       with open(os.path.join(workdir, RUN_FILE), "w") as f:
         json.dump(record, f, indent=1)
       test = payload["splits"].get("test", {})
-      logging.warning("study: %s seed %d done in %.0f s: test R1 %.2f", method, seed, wall, test.get("R1", float("nan")))
+      logging.warning("study: %s seed %d done in %.0f s: test R1 %.2f", method, seed, wall,
+                      test.get("R1", float("nan")))
       done.append({"method": method, "seed": seed, "status": "trained"})
   return done

@@ -28,7 +28,8 @@ def eval_curve(workdir: str, split: str = "val", metric: str = "R1") -> list[tup
     for event in EventFileLoader(path).Load():
       for v in event.summary.value:
         if v.tag == tag:
-          points[int(event.step)] = float(tensor_util.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
+          value = tensor_util.make_ndarray(v.tensor) if v.HasField("tensor") else v.simple_value
+          points[int(event.step)] = float(value)
   return sorted(points.items())
 
 

@@ -64,7 +64,7 @@ class Setup:
     return input_pipeline.skipped_by_split(self.train_data, {sp: self.eval_batches(sp) for sp in splits})
 
   def query_subsets(self, split: str) -> dict:
-    """{name: query indices} reported beside ``split``: synthetic_pedes test → {"hard": data/synthetic/hard_subset}."""
+    """{name: query indices} reported beside ``split``: synthetic_pedes test → {"hard": ``hard_subset``'s}."""
     if self.config.data.name != "synthetic_pedes" or split != "test":
       return {}
     if "hard" not in self._subsets:
