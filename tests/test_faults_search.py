@@ -19,9 +19,9 @@ import pytest
 import safetensors.numpy
 from absl import flags
 from PIL import Image
+from test_search import tiny_config
 
 from tpsearch_jax import search, user_errors
-from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.models import build_model
 from tpsearch_jax.models.clip import convert as convert_cli
 from tpsearch_jax.models.clip.layouts import CheckpointError
@@ -38,17 +38,6 @@ CLIP_FIXTURE = os.path.join(ROOT, "tests", "fixtures", "hf_tiny_clip")
 FLAGS = flags.FLAGS
 QUERY = ["a man in a red shirt"]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
-
-
-def tiny_config():
-  c = load_config_module(os.path.join(ROOT, "configs", "synthetic.py")).get_config("clip")
-  c.model.clip.update(dict(embed_dim=16, patch_size=8, vision_width=32, vision_layers=1, vision_heads=4,
-                           context_length=16, text_width=32, text_layers=1, text_heads=4))
-  c.data.image_size = (32, 16)
-  c.data.context_length = 16
-  c.model.num_classes = 4
-  c.train.batch_size = 8
-  return c
 
 
 @pytest.fixture(scope="module")
