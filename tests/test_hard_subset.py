@@ -151,7 +151,8 @@ def _batches(key, pids, batch_size):
     pad = batch_size - len(idx)
     out.append({key: np.concatenate([idx, np.zeros(pad, np.int64)]).astype(np.int32)[:, None],
                 "pids": np.concatenate([pids[idx], -np.ones(pad, np.int32)]).astype(np.int32),
-                "valid": np.concatenate([np.ones(len(idx), bool), np.zeros(pad, bool)])})
+                "valid": np.concatenate([np.ones(len(idx), bool), np.zeros(pad, bool)]),
+                "index": np.concatenate([idx, -np.ones(pad, np.int64)])})
   return out
 
 

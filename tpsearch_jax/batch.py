@@ -20,7 +20,7 @@ from tpsearch_jax.models.clip import tokenizer
 
 TRAIN_KEYS = ("images", "caption_ids", "mlm_ids", "mlm_labels", "pids", "image_ids")
 EVAL_IMAGE_KEYS = ("images", "pids", "valid")
-EVAL_TEXT_KEYS = ("caption_ids", "pids", "valid")
+EVAL_TEXT_KEYS = ("caption_ids", "pids", "valid")  # + "index" from the eval pipeline (needed for query subsets)
 MLM_KEYS = ("mlm_ids", "mlm_labels")
 
 

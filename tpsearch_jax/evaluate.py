@@ -150,7 +150,8 @@ class Evaluator:
     """As ``evaluate``, plus one row per query subset against the same gallery → (row, {name: row}).
 
     query_subsets: {name: int indices [n] or bool mask [Q] over the split's queries in their global order (the
-    order of ``annotations.EvalSplit.captions``)}.
+    order of ``annotations.EvalSplit.captions``)}; the text batches then need "index" (int [b], each row's position
+    in that order, as the eval pipeline gives it).
     """
     gallery, gallery_pids = self.encode(params, image_batches, "images")
     queries, query_pids, rows = self.encode_local(params, text_batches, "caption_ids")
@@ -160,7 +161,7 @@ class Evaluator:
     row = self._row(queries, query_pids, gallery, gallery_pids)
     subsets = {}
     if query_subsets:
-      positions = self._global_query_index(text_batches)  # [n_local]: global query index of each local query
+      positions = self._query_index(text_batches)  # [n_local]: global query index of each local query
       for name, subset in query_subsets.items():
         subset = np.asarray(subset)
         if subset.dtype == bool:
@@ -177,14 +178,13 @@ class Evaluator:
     return row, subsets
 
   @staticmethod
-  def _global_query_index(text_batches) -> np.ndarray:
-    """int64 [n_local]: the global query index of each of this process's valid query rows (the eval pipeline's
-    layout: process p holds rows p·b … (p+1)·b − 1 of every global batch of b·processes rows)."""
-    valid = np.concatenate([np.asarray(b["valid"], bool) for b in text_batches])
-    b = len(valid) // max(len(text_batches), 1)
-    r = np.arange(len(valid))
-    idx = (r // b) * b * jax.process_count() + jax.process_index() * b + r % b
-    return idx[valid]
+  def _query_index(text_batches) -> np.ndarray:
+    """int64 [n_local]: the global query index of each of this process's valid query rows (the batches' "index")."""
+    if any("index" not in b for b in text_batches):
+      raise KeyError("query subsets need text batches with an 'index' key (each caption's position in the split, as "
+                     "data.input_pipeline.eval_datasets gives it)")
+    index = np.concatenate([np.asarray(b["index"], np.int64) for b in text_batches])
+    return index[np.concatenate([np.asarray(b["valid"], bool) for b in text_batches])]
 
   def _row(self, queries, query_pids, gallery, gallery_pids) -> dict[str, float | int]:
     """Metrics row of these (local) queries, summed over processes; raises MetricsError like ``evaluate``."""

@@ -54,7 +54,8 @@ def eval_datasets(split: Any, config_data: Any, batch_size: int, *, process_inde
   """Eval split -> (image batches, text batches); batch_size is global, each process gets its rows of every batch.
 
   Image batch: images float32 [b, H, W, 3], pids int32 [b], valid bool [b]. Text batch: caption_ids int32 [b, L],
-  pids int32 [b], valid bool [b]; b = batch_size // process_count. Padding rows (valid False, pid -1, zeros) fill
+  pids int32 [b], valid bool [b], index int64 [b] (each caption's position in ``split.captions``, -1 for padding);
+  b = batch_size // process_count. Padding rows (valid False, pid -1, zeros) fill
   the last global batch, so every example appears exactly once over all processes. ``split`` has name,
   image_paths [G], image_pids [G], captions [Q], caption_pids [Q], and optionally caption_image_index [Q] (the
   captions of a skipped image are dropped with it) and skipped (what reading dropped) (``annotations.EvalSplit``).
@@ -100,16 +101,18 @@ def eval_datasets(split: Any, config_data: Any, batch_size: int, *, process_inde
     return checks.BatchIterator(image_ds.as_numpy_iterator(), batch_keys, source.problem)
 
   text_rows, text_batches = _local_rows(len(caption_ids), batch_size, process_index, process_count)
+  caption_index = np.flatnonzero(keep_caption)
 
   def texts() -> Iterator[dict[str, np.ndarray]]:
     for k in range(text_batches):
       rows = text_rows[k * local:(k + 1) * local]
       valid = rows >= 0
       yield {"caption_ids": np.where(valid[:, None], caption_ids[rows], 0).astype(np.int32),
-             "pids": np.where(valid, caption_pids[rows], -1).astype(np.int32), "valid": valid}
+             "pids": np.where(valid, caption_pids[rows], -1).astype(np.int32), "valid": valid,
+             "index": np.where(valid, caption_index[rows], -1)}
 
   return (Batches(images, image_batches, len(keys), local, skipped, np.flatnonzero(keep)),
-          Batches(texts, text_batches, len(caption_ids), local, skipped, np.flatnonzero(keep_caption)))
+          Batches(texts, text_batches, len(caption_ids), local, skipped, caption_index))
 
 
 def _captions_kept(split: Any, keep: np.ndarray, name: str) -> np.ndarray:
