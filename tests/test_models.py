@@ -408,6 +408,27 @@ def test_cross_former_and_mlm_head_match_numpy():
   np.testing.assert_allclose(np.asarray(got), want, atol=2e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("method", ["irra", "combined"])
+def test_train_forward_encodes_captions_and_masked_copies_like_separate_text_passes(method):
+  """The training forward runs captions and MLM copies through the text tower together; each half must equal the
+  tower on its own ids alone, and the MLM hidden states the cross-former on the separately encoded copies."""
+  batch, params, model = _batch(), _params(method), _model(method)
+  clip = CLIP(model.clip_config)
+  text = jit(lambda p, x: clip.apply({"params": p}, x, method="encode_text"))
+  tokens, pooled = text(params["clip"], batch["caption_ids"])
+  mlm_tokens, _ = text(params["clip"], batch["mlm_ids"])
+  image_tokens, _ = jit(lambda p, x: clip.apply({"params": p}, x, method="encode_image"))(params["clip"],
+                                                                                          batch["images"])
+  want_hidden = jit(CrossFormer(model.clip_config.embed_dim, model.options.cross_layers, model.options.cross_heads
+                                ).apply)({"params": params["cross_former"]}, mlm_tokens, image_tokens)
+  _, _, outputs = _forward(method)
+  np.testing.assert_allclose(outputs["text"]["tokens"], tokens, atol=1e-5)
+  if model.options.global_pool == "token":
+    np.testing.assert_allclose(outputs["text"]["global"], pooled, atol=1e-5)
+  np.testing.assert_allclose(outputs["mlm_hidden"], want_hidden, atol=1e-5)
+  assert not np.allclose(tokens, mlm_tokens, atol=1e-3)  # the two halves are distinct inputs
+
+
 def test_cross_former_init_follows_irra():
   """IRRA model/build.py re-initialises weights only; biases keep PyTorch's defaults: nn.MultiheadAttention zeroes
   in_proj_bias and out_proj.bias, nn.Linear draws uniform(±1/√fan_in) (methods.md §2.3, IRRA @cfc2378)."""

@@ -135,10 +135,13 @@ class RetrievalModel(nn.Module):
       out.update(self.part_model.encode_image(patches))
     return out
 
-  def text_embeddings(self, ids: jax.Array) -> dict[str, jax.Array]:
+  def text_embeddings(self, ids: jax.Array, encoded: tuple[jax.Array, jax.Array] | None = None
+                      ) -> dict[str, jax.Array]:
     """ids int [B, L] (0 = padding) → {"tokens": [B, L, E], "global": [B, E], + "coarse", "part" with the part
-    model}."""
-    if self.options.backbone == "clip":
+    model}. encoded: the text tower's (tokens [B, L, E], pooled [B, E]) of ``ids`` when already computed."""
+    if encoded is not None:
+      tokens, eot = encoded
+    elif self.options.backbone == "clip":
       tokens, eot = self.clip.encode_text(ids)
     else:
       tokens, eot = backbones.encode_text(self, ids)
@@ -186,17 +189,29 @@ class RetrievalModel(nn.Module):
     batch_lib.check_train_batch(batch, ("images", "caption_ids", "pids") + (batch_lib.MLM_KEYS if self.heads.mlm
                                                                               else ()))
     img = self.image_embeddings(batch["images"])
-    txt = self.text_embeddings(batch["caption_ids"])
+    if self.heads.mlm:
+      (tokens, eot), (mlm_tokens, _) = self._encode_text_pair(batch["caption_ids"], batch["mlm_ids"])
+      txt = self.text_embeddings(batch["caption_ids"], encoded=(tokens, eot))
+    else:
+      txt = self.text_embeddings(batch["caption_ids"])
     out = {"image": img, "text": txt}
     if self.heads.classifier:
       out["image_logits"] = _f32(self.classifier(self._pieces(img)))
       out["text_logits"] = _f32(self.classifier(self._pieces(txt)))
     if self.heads.mlm:
-      mlm_tokens, _ = self.clip.encode_text(batch["mlm_ids"])
       out["mlm_hidden"] = self.cross_former(mlm_tokens, img["tokens"])
       if self.is_initializing():  # the head runs outside __call__ (objectives choose its positions): create its params
         self.mlm_logits(out["mlm_hidden"][:, :1])
     return out
+
+  def _encode_text_pair(self, ids: jax.Array, mlm_ids: jax.Array):
+    """Captions and their masked copies, int [B, L] each, through the text tower in one [2B, L] pass (rows
+    interleaved, so a batch-sharded input stays local) → ((tokens [B, L, E], pooled [B, E]), the same for mlm_ids)."""
+    b, length = ids.shape
+    tokens, pooled = self.clip.encode_text(jnp.stack([ids, mlm_ids], axis=1).reshape(2 * b, length))
+    tokens = tokens.reshape(b, 2, length, tokens.shape[-1])
+    pooled = pooled.reshape(b, 2, pooled.shape[-1])
+    return (tokens[:, 0], pooled[:, 0]), (tokens[:, 1], pooled[:, 1])
 
   def mlm_logits(self, hidden: jax.Array) -> jax.Array:
     """Cross-former output [..., E] → vocabulary logits f32 [..., V] (the MLM head)."""
