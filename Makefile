@@ -32,7 +32,7 @@ test: env
 	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
 
 demo: env
-	$(PY) -m tpsearch_jax.main --config=configs/synthetic.py --workdir=$${WORKDIR:-/tmp/tpsearch_synthetic}
+	$(PY) -m tpsearch_jax.main --config=configs/synthetic.py:clip --workdir=$${WORKDIR:-/tmp/tpsearch_synthetic}
 
 benchmark: env
 	$(PY) -m tpsearch_jax.benchmark --out=benchmarks/latest.json

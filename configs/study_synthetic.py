@@ -3,13 +3,13 @@
     python -m tpsearch_jax.study --config=configs/study_synthetic.py --out=/tmp/study_out              # 2-core CPU
     python -m tpsearch_jax.study --config=configs/study_synthetic.py:accelerator --out=/tmp/study_big  # GPU / TPU
 
-Every run is ``configs/synthetic.py:<preset>`` (its small-scale recipe: towers of width 128, 96×32 images, the
-identity-balanced sampler, lr 3e-3) with ``OVERRIDES[size]`` on top, and for an ablation the variant's overrides of
+Every run is ``configs/synthetic.py:<preset>`` (its small-scale recipe: 1,000 identities, towers of width 128, 96×32
+images, the identity-balanced sampler, lr 1e-3) with ``OVERRIDES[size]`` on top, and for an ablation the variant's overrides of
 ``pcc`` (``VARIANTS``: data, not code). The published per-method optimizer values (FMFA's lr 5e-6 and single group,
 the pcc groups) are replaced by the one small-scale recipe, so that every method gets the same budget and optimizer
 from random init; only objectives and architecture differ. Sizes: "cpu" (the study of docs/study_synthetic.md),
-"cpu_long" (4× its steps, for a longer single-seed check), "accelerator" (larger data and towers, more steps; not run
-here), "tiny" (the driver's test).
+"cpu_lr3e3" (the first study: lr 3e-3 on 200 identities) and "cpu_lr3e3_long" (4× its steps, one seed),
+"accelerator" (larger data and towers, more steps; not run here), "tiny" (the driver's test).
 """
 
 from __future__ import annotations
@@ -33,16 +33,22 @@ VARIANTS = (
 )
 
 # Every run of the study, over configs/synthetic.py. One optimizer for all methods (see the module docstring).
-_SAME_RECIPE = (("optim.lr", 3e-3), ("optim.param_groups", ()), ("optim.eps", 1e-8), ("optim.weight_decay", 4e-5))
+_SAME_RECIPE = (("optim.lr", 1e-3), ("optim.param_groups", ()), ("optim.eps", 1e-8), ("optim.weight_decay", 4e-5))
+_SMALL_TOWERS = (("model.clip.embed_dim", 64), ("model.clip.vision_width", 64), ("model.clip.text_width", 64),
+                 ("train.batch_size", 32))
+# The first study (docs/study_synthetic.md §4): lr 3e-3 on the earlier 200-identity data (160 / 20 / 20).
+_FIRST_STUDY = (("optim.lr", 3e-3), ("data.root", "/tmp/tpsearch_data/synthetic_pedes"),
+                ("data.synthetic", dict(num_ids=200, images_per_id=4, seed=0, image_size=(144, 48),
+                                        split_fractions=(0.8, 0.1, 0.1))))
 OVERRIDES = {
-    # Towers of width 64 (configs/synthetic.py: 128) and batch 32 (8 ids × 4): 33 runs in about an hour on 2 cores.
-    "cpu": _SAME_RECIPE + (("model.clip.embed_dim", 64), ("model.clip.vision_width", 64),
-                           ("model.clip.text_width", 64), ("train.batch_size", 32), ("schedule.num_epochs", 4),
-                           ("eval.every_epochs", 1), ("train.log_every_steps", 41)),
-    # 4× the cpu budget (16 epochs, 656 steps): the longer single-seed check of docs/study_synthetic.md.
-    "cpu_long": _SAME_RECIPE + (("model.clip.embed_dim", 64), ("model.clip.vision_width", 64),
-                                ("model.clip.text_width", 64), ("train.batch_size", 32), ("schedule.num_epochs", 16),
-                                ("eval.every_epochs", 2), ("train.log_every_steps", 82)),
+    # Towers of width 64 (configs/synthetic.py: 128), batch 32 (8 ids × 4), 2 epochs of the 1,000 identities
+    # (482 steps): 33 runs in about an hour on 2 cores.
+    "cpu": _SAME_RECIPE + _SMALL_TOWERS + (("schedule.num_epochs", 2), ("eval.every_epochs", 1),
+                                           ("train.log_every_steps", 60)),
+    "cpu_lr3e3": _SAME_RECIPE + _SMALL_TOWERS + _FIRST_STUDY + (
+        ("schedule.num_epochs", 4), ("eval.every_epochs", 1), ("train.log_every_steps", 41)),
+    "cpu_lr3e3_long": _SAME_RECIPE + _SMALL_TOWERS + _FIRST_STUDY + (
+        ("schedule.num_epochs", 16), ("eval.every_epochs", 2), ("train.log_every_steps", 82)),
     "accelerator": _SAME_RECIPE + (
         ("data.synthetic", dict(num_ids=2000, images_per_id=6, seed=0, image_size=(192, 64))),
         ("data.root", "/tmp/tpsearch_data/synthetic_pedes_2000"),
