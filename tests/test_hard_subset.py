@@ -105,6 +105,21 @@ def test_rare_needs_the_value_to_be_rare():
   assert reasons == [set()]
 
 
+def test_consistent_counts_and_oracle_match_the_hand_derivation(tmp_path):
+  # Test identities 1, 2, 3, 4, 7, 9 (by hand): "red t-shirt, blue jeans" fits 1; "blue jeans, black shoes" fits
+  # 1, 2, 7, 9 (3 and 4 wear skirts); "blue tee" fits 2; both purple-skirt captions fit 3; "brown hair, black
+  # sneakers" fits 7 (its twin 8 is in val).
+  captions = [c for c, _, _ in CASES]
+  np.testing.assert_array_equal(hard_subset.consistent_counts(PEOPLE, "test", captions), [1, 4, 1, 1, 1, 1])
+  records = [{"split": "test", "captions": captions[:2], "file_path": "a.jpg", "id": 1},
+             {"split": "train", "captions": ["A person wearing a red t-shirt."], "file_path": "b.jpg", "id": 5}]
+  (tmp_path / "attributes.json").write_text(json.dumps({"identities": PEOPLE}))
+  (tmp_path / "reid_raw.json").write_text(json.dumps(records))
+  got = hard_subset.attribute_oracle(str(tmp_path), "test")
+  assert got["captions"] == 2
+  np.testing.assert_allclose([got["R1"], got["unique"]], [100 * (1 + 1 / 4) / 2, 50.0])
+
+
 def test_hard_queries_index_the_split_captions(tmp_path):
   generator.generate(str(tmp_path), num_ids=40, images_per_id=2, seed=1, image_size=(48, 16),
                      split_fractions=(0.5, 0.1, 0.4))

@@ -12,7 +12,9 @@ A query of identity i is hard when
   that have the part, for colours), and that fact is decisive: without it, another identity of the split would fit
   every remaining stated fact.
 
-``hard_queries(root, split)`` gives the indices over ``split.captions`` (the evaluator's query order).
+``hard_queries(root, split)`` gives the indices over ``split.captions`` (the evaluator's query order), and
+``attribute_oracle(root, split)`` the R1 ceiling that the captions allow: an oracle that knows every identity's
+attributes and ranks the identities that fit a caption's stated facts at random.
 """
 
 from __future__ import annotations
@@ -142,3 +144,21 @@ def hard_queries(root: str, split) -> np.ndarray:
     identities = json.load(f)["identities"]
   reasons = hard_reasons(identities, split.name, split.captions, split.caption_pids)
   return np.asarray([i for i, r in enumerate(reasons) if r], np.int64)
+
+
+def consistent_counts(identities: Sequence[Mapping[str, Any]], split: str, captions: Sequence[str]) -> np.ndarray:
+  """int64 [n_captions]: how many identities of ``split`` fit every fact the caption states (``caption_facts``)."""
+  in_split = [p for p in identities if p["split"] == split]
+  return np.asarray([sum(_fits(p["attributes"], caption_facts(c)) for p in in_split) for c in captions], np.int64)
+
+
+def attribute_oracle(root: str, split: str) -> dict[str, float]:
+  """Dataset folder + split name → {"R1": expected R1 (%) of the attribute oracle, "unique": % of captions that fit
+  one identity only, "captions": n}. The oracle ranks the m identities that fit a caption first, in random order, so
+  its expected R1 is 1/m per caption (images of one identity are interchangeable to it)."""
+  with open(os.path.join(root, "attributes.json"), encoding="utf-8") as f:
+    identities = json.load(f)["identities"]
+  with open(os.path.join(root, "reid_raw.json"), encoding="utf-8") as f:
+    captions = [c for r in json.load(f) if r["split"] == split for c in r["captions"]]
+  m = np.maximum(consistent_counts(identities, split, captions), 1)
+  return {"R1": float(100 * np.mean(1.0 / m)), "unique": float(100 * np.mean(m == 1)), "captions": len(captions)}
