@@ -190,8 +190,8 @@ class RetrievalModel(nn.Module):
                                                                               else ()))
     img = self.image_embeddings(batch["images"])
     if self.heads.mlm:
-      (tokens, eot), (mlm_tokens, _) = self._encode_text_pair(batch["caption_ids"], batch["mlm_ids"])
-      txt = self.text_embeddings(batch["caption_ids"], encoded=(tokens, eot))
+      encoded, (mlm_tokens, _) = self._encode_text_pair(batch["caption_ids"], batch["mlm_ids"])
+      txt = self.text_embeddings(batch["caption_ids"], encoded=encoded)
     else:
       txt = self.text_embeddings(batch["caption_ids"])
     out = {"image": img, "text": txt}

@@ -30,7 +30,11 @@ def main(argv=None) -> int:
   if args.seeds:
     study.seeds = tuple(int(v) for v in args.seeds.split(","))
   if args.only:
-    study.methods = tuple(m for m in study.methods if m in args.only.split(","))
+    only = [m for m in args.only.split(",") if m]
+    unknown = sorted(set(only) - set(study.methods))
+    if unknown:
+      ap.error(f"--only: {', '.join(unknown)} not in the study (methods: {', '.join(study.methods)})")
+    study.methods = tuple(m for m in study.methods if m in only)
   absl_logging.set_verbosity(absl_logging.WARNING)
   # The seeds of one method compile the same programs: a persistent cache compiles them once.
   jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(args.out), ".jax_cache"))

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import time
-from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -53,14 +52,13 @@ def is_finished(workdir: str) -> bool:
   return os.path.isfile(os.path.join(workdir, RESULTS_FILE))
 
 
-def run_study(study, out: str, only: Sequence[str] = ()) -> list[dict]:
+def run_study(study, out: str) -> list[dict]:
   """Trains every unfinished (method, seed) of ``study`` under ``out`` → [{"method", "seed", "status"}]."""
   from tpsearch_jax.training import trainer  # TF-side import, only when something trains
 
-  methods = list(only) or list(study.methods)
   done = []
   for seed in study.seeds:  # seed-major: a study cut short still has every method at its first seeds
-    for method in methods:
+    for method in study.methods:
       workdir = run_dir(out, method, seed)
       if is_finished(workdir):
         logging.info("study: %s seed %d finished already (%s), skipped", method, seed, workdir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -79,8 +80,10 @@ def _table(found: dict, split: str, extra: bool) -> list[str]:
   return lines
 
 
-def plot_curves(found: dict, path: str, steps_per_epoch: int | None = None) -> str | None:
-  """Validation R1 over training per method (mean over seeds, band = min..max) → the PNG's path (None: no data)."""
+def plot_curves(found: dict, path: str, steps_per_epoch: int | None = None,
+                dashed: Sequence[str] = ()) -> str | None:
+  """Validation R1 over training per method (mean over seeds, band = min..max; ``dashed``: methods drawn dashed, e.g.
+  the ablations) → the PNG's path (None: no data)."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -97,7 +100,7 @@ def plot_curves(found: dict, path: str, steps_per_epoch: int | None = None) -> s
     vals = np.asarray([[c[s] for s in steps] for c in curves])
     x = np.asarray(steps) / (steps_per_epoch or 1)
     line, = ax.plot(x, vals.mean(0), marker="o", ms=3, color=colours[(2 * n) % 20 + (2 * n) // 20],
-                    ls="--" if "_" in method and method != "fmfa_paper" else "-", label=f"{method} ({len(curves)})")
+                    ls="--" if method in dashed else "-", label=f"{method} ({len(curves)})")
     ax.fill_between(x, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.12)
     drawn += 1
   if not drawn:
@@ -132,5 +135,6 @@ def summarize(study, out: str) -> str:
     f.write(text)
   with open(os.path.join(out, SUMMARY_JSON), "w") as f:
     json.dump(found, f, indent=1)
-  plot_curves(found, os.path.join(out, CURVES_PNG), int(study.get("steps_per_epoch", 0)) or None)
+  plot_curves(found, os.path.join(out, CURVES_PNG), int(study.get("steps_per_epoch", 0)) or None,
+              dashed=[name for name, _, _ in study.get("variants", ())])
   return text

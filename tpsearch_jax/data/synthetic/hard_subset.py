@@ -140,9 +140,7 @@ def hard_reasons(identities: Sequence[Mapping[str, Any]], split: str, captions: 
 
 def hard_queries(root: str, split) -> np.ndarray:
   """Dataset folder + ``annotations.EvalSplit`` → int64 [n_hard] indices into ``split.captions`` (sorted)."""
-  with open(os.path.join(root, "attributes.json"), encoding="utf-8") as f:
-    identities = json.load(f)["identities"]
-  reasons = hard_reasons(identities, split.name, split.captions, split.caption_pids)
+  reasons = hard_reasons(_identities(root), split.name, split.captions, split.caption_pids)
   return np.asarray([i for i, r in enumerate(reasons) if r], np.int64)
 
 
@@ -156,9 +154,13 @@ def attribute_oracle(root: str, split: str) -> dict[str, float]:
   """Dataset folder + split name → {"R1": expected R1 (%) of the attribute oracle, "unique": % of captions that fit
   one identity only, "captions": n}. The oracle ranks the m identities that fit a caption first, in random order, so
   its expected R1 is 1/m per caption (images of one identity are interchangeable to it)."""
-  with open(os.path.join(root, "attributes.json"), encoding="utf-8") as f:
-    identities = json.load(f)["identities"]
   with open(os.path.join(root, "reid_raw.json"), encoding="utf-8") as f:
     captions = [c for r in json.load(f) if r["split"] == split for c in r["captions"]]
-  m = np.maximum(consistent_counts(identities, split, captions), 1)
+  m = np.maximum(consistent_counts(_identities(root), split, captions), 1)
   return {"R1": float(100 * np.mean(1.0 / m)), "unique": float(100 * np.mean(m == 1)), "captions": len(captions)}
+
+
+def _identities(root: str) -> list[dict[str, Any]]:
+  """attributes.json's "identities" list of the dataset folder ``root``."""
+  with open(os.path.join(root, "attributes.json"), encoding="utf-8") as f:
+    return json.load(f)["identities"]
