@@ -11,7 +11,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import numpy_reference as ref
-from tpsearch_jax.metrics import retrieval_metrics, retrieval_metrics_from_embeddings
+from tpsearch_jax.metrics import (grouped_retrieval_metrics, retrieval_metrics,
+                                  retrieval_metrics_from_embeddings)
 
 
 def _problem(seed, q, g, ids, d=None):
@@ -131,3 +132,16 @@ def test_bad_inputs_raise():
     retrieval_metrics(sim, qp[:3], gp)
   with pytest.raises(ValueError, match="none of the 6 queries"):
     retrieval_metrics(np.zeros((6, 5), np.float32), qp + 100, gp)
+
+
+def test_grouped_metrics_equal_the_numpy_reference_of_each_groups_rows():
+  sim, qp, gp = _problem(3, 60, 90, 12)
+  groups = np.random.default_rng(4).integers(0, 4, size=60)
+  got = grouped_retrieval_metrics(sim, qp, gp, groups)
+  assert set(got) == set(groups.tolist())
+  for label, row in got.items():
+    rows = groups == label
+    _assert_matches_reference(row, ref.retrieval_full_sort(sim[rows], qp[rows], gp))
+    assert (row["num_queries"], row["num_queries_without_positive"]) == (int(rows.sum()), 0)
+  with pytest.raises(ValueError, match="group 'x'"):
+    grouped_retrieval_metrics(sim[:2], np.array([qp[0], 10 ** 6]), gp, np.array(["y", "x"]))

@@ -151,7 +151,8 @@ def _prepare(query_pids, gallery_pids, query_like):
   return slot, order, query_index, table, counts, mesh, axis
 
 
-def _summarise(outputs, query_index, return_counts):
+def _per_query(outputs, query_index):
+  """Device outputs → host arrays (first, last, n, ap) in query order; raises on non-finite similarity rows."""
   per_query = []
   for o in jax.device_get(outputs):
     x = np.empty_like(o)
@@ -161,6 +162,22 @@ def _summarise(outputs, query_index, return_counts):
   if bad.any():
     raise ValueError(f"retrieval metrics: similarity has {int(bad.sum())} non-finite values "
                      f"(first in query row {int(np.argmax(bad > 0))})")
+  return first, last, n, ap
+
+
+def _averages(first, last, n, ap, has):
+  first = first[has].astype(np.float64)
+  return {
+      "R1": 100.0 * float(np.mean(first <= 1)),
+      "R5": 100.0 * float(np.mean(first <= 5)),
+      "R10": 100.0 * float(np.mean(first <= 10)),
+      "mAP": 100.0 * float(np.mean(ap[has].astype(np.float64))),
+      "mINP": 100.0 * float(np.mean(n[has] / last[has].astype(np.float64))),
+  }
+
+
+def _summarise(outputs, query_index, return_counts):
+  first, last, n, ap = _per_query(outputs, query_index)
   has = n > 0
   skipped = int((~has).sum())
   if not has.any():
@@ -168,14 +185,7 @@ def _summarise(outputs, query_index, return_counts):
   if skipped:
     _LOG.warning("retrieval metrics: %d of %d queries have no positive in the gallery and are excluded",
                  skipped, n.size)
-  first = first[has].astype(np.float64)
-  out = {
-      "R1": 100.0 * float(np.mean(first <= 1)),
-      "R5": 100.0 * float(np.mean(first <= 5)),
-      "R10": 100.0 * float(np.mean(first <= 10)),
-      "mAP": 100.0 * float(np.mean(ap[has].astype(np.float64))),
-      "mINP": 100.0 * float(np.mean(n[has] / last[has].astype(np.float64))),
-  }
+  out = _averages(first, last, n, ap, has)
   if return_counts:
     out["num_queries"] = int(has.sum())
     out["num_queries_without_positive"] = skipped
@@ -208,6 +218,35 @@ def retrieval_metrics(similarity, query_pids, gallery_pids, block_size=None, tie
   slot, order, query_index, table, counts, mesh, axis = _prepare(query_pids, gallery_pids, similarity)
   fn = _compiled("matrix", block, ties, mesh, axis)
   return _summarise(fn(similarity, slot, order, table, counts), query_index, return_counts)
+
+
+def grouped_retrieval_metrics(similarity, query_pids, gallery_pids, query_groups, block_size=None,
+                               ties="optimistic"):
+  """retrieval_metrics averaged per query group, from one pass: similarity [Q, G], query_pids [Q], gallery_pids [G],
+  query_groups [Q] (any hashable labels) -> {label: {"R1", "R5", "R10", "mAP", "mINP", "num_queries",
+  "num_queries_without_positive"}}; a group's averages cover its queries that have a positive.
+
+  Each query is still ranked against the whole gallery; to score groups against their own gallery items only, give
+  the other items a score below every own one first. A group whose queries have no positive raises ValueError.
+  """
+  block = _check_args(ties, block_size, "matrix")
+  shape = tuple(np.shape(similarity))
+  if len(shape) != 2 or np.shape(query_pids) != shape[:1] or np.shape(gallery_pids) != shape[1:] or \
+      np.shape(query_groups) != shape[:1]:
+    raise ValueError(f"grouped_retrieval_metrics: similarity {shape} must be [Q, G] with query_pids and "
+                     f"query_groups [Q] ({np.shape(query_pids)}, {np.shape(query_groups)}) and gallery_pids "
+                     f"{np.shape(gallery_pids)} [G]")
+  slot, order, query_index, table, counts, mesh, axis = _prepare(query_pids, gallery_pids, similarity)
+  first, last, n, ap = _per_query(_compiled("matrix", block, ties, mesh, axis)(similarity, slot, order, table,
+                                                                               counts), query_index)
+  groups, out = np.asarray(query_groups), {}
+  for label in dict.fromkeys(groups.tolist()):
+    has = (groups == label) & (n > 0)
+    if not has.any():
+      raise ValueError(f"grouped_retrieval_metrics: no query of group {label!r} has a gallery item with its pid")
+    out[label] = _averages(first, last, n, ap, has) | {
+        "num_queries": int(has.sum()), "num_queries_without_positive": int(((groups == label) & (n == 0)).sum())}
+  return out
 
 
 def retrieval_metrics_from_embeddings(query_emb, gallery_emb, query_pids, gallery_pids, block_size=None,

@@ -144,10 +144,18 @@ def hard_queries(root: str, split) -> np.ndarray:
   return np.asarray([i for i, r in enumerate(reasons) if r], np.int64)
 
 
+def fit_matrix(identities: Sequence[Mapping[str, Any]], captions: Sequence[str]) -> np.ndarray:
+  """identities (attributes.json entries) + captions → bool [len(captions), len(identities)]: identity j has every
+  attribute value that caption i states (each caption parsed once)."""
+  facts = [caption_facts(c) for c in captions]
+  return np.asarray([[_fits(p["attributes"], f) for p in identities] for f in facts], bool).reshape(
+      len(captions), len(identities))
+
+
 def consistent_counts(identities: Sequence[Mapping[str, Any]], split: str, captions: Sequence[str]) -> np.ndarray:
   """int64 [n_captions]: how many identities of ``split`` fit every fact the caption states (``caption_facts``)."""
   in_split = [p for p in identities if p["split"] == split]
-  return np.asarray([sum(_fits(p["attributes"], caption_facts(c)) for p in in_split) for c in captions], np.int64)
+  return fit_matrix(in_split, captions).sum(axis=1).astype(np.int64)
 
 
 def attribute_oracle(root: str, split: str) -> dict[str, float]:
