@@ -14,25 +14,29 @@ import numpy as np
 
 def top_k(workdir: str, split: str = "test", k: int = 5):
   """→ (EvalSplit, scores float32 [Q, G], hard query indices) of the run's selected checkpoint on ``split``."""
-  import jax  # noqa: F401  (TF-free path; the eval pipeline below brings TensorFlow)
-
   from tpsearch_jax.data import annotations
-  from tpsearch_jax.data.pipeline.evaluation import eval_datasets
   from tpsearch_jax.data.synthetic import hard_subset
   from tpsearch_jax.training import runs
 
   run = runs.load_run(workdir, "auto")
   ann = annotations.read_annotations(run.config.data.name, run.config.data.root)
   data = ann.split(split)
+  return data, split_scores(run, data), hard_subset.hard_queries(ann.root, data)
+
+
+def split_scores(run, data) -> np.ndarray:
+  """A loaded run (``runs.load_run``) + EvalSplit → float32 [Q, G] caption-image scores of its embeddings."""
+  import jax  # noqa: F401  (imported before the eval pipeline, which brings TensorFlow)
+
+  from tpsearch_jax.data.pipeline.evaluation import eval_datasets
+
   images, texts = eval_datasets(data, run.config.data, int(run.config.eval.batch_size))
 
   def encode(batches, key, method):
     return np.concatenate([np.asarray(run.model.apply({"params": run.params}, b[key], method=method))[b["valid"]]
                            for b in batches])
 
-  gallery = encode(images, "images", "encode_images")
-  queries = encode(texts, "caption_ids", "encode_texts")
-  return data, queries @ gallery.T, hard_subset.hard_queries(ann.root, data)
+  return encode(texts, "caption_ids", "encode_texts") @ encode(images, "images", "encode_images").T
 
 
 def render(workdir: str, out: str, num_queries: int = 4, k: int = 5, seed: int = 0) -> str:

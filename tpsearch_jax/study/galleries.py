@@ -101,7 +101,7 @@ def evaluate_run(workdir: str, pool: str, ids_per_gallery: int = IDS_PER_GALLERY
                  checkpoint: str = "auto") -> dict[str, Any]:
   """A run folder + pool folder → {"model": summary, "oracle": summary, "galleries": n, "step", "checkpoint"}."""
   from tpsearch_jax.data import annotations
-  from tpsearch_jax.data.pipeline.evaluation import eval_datasets
+  from tpsearch_jax.study.example import split_scores
   from tpsearch_jax.training import runs
 
   run = runs.load_run(workdir, checkpoint)
@@ -109,15 +109,10 @@ def evaluate_run(workdir: str, pool: str, ids_per_gallery: int = IDS_PER_GALLERY
   with open(os.path.join(pool, "attributes.json"), encoding="utf-8") as f:
     identities = json.load(f)["identities"]
 
-  def encode(batches, key, method):
-    return np.concatenate([np.asarray(run.model.apply({"params": run.params}, b[key], method=method))[b["valid"]]
-                           for b in batches])
-
   model_rows, oracle_rows = [], []
   for split_index, split in enumerate(("val", "test")):
     data = ann.split(split)
-    images, texts = eval_datasets(data, run.config.data, int(run.config.eval.batch_size))
-    scores = encode(texts, "caption_ids", "encode_texts") @ encode(images, "images", "encode_images").T
+    scores = split_scores(run, data)
     in_split = [p for p in identities if p["split"] == split]
     fits = hard_subset.fit_matrix(in_split, data.captions)
     identity_ids = [p["id"] for p in in_split]
