@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
+import search_fixtures
+from test_hard_subset import CASES, PEOPLE
 from tpsearch_jax.data.synthetic import hard_subset
 from tpsearch_jax.study import galleries
-from tests.test_hard_subset import CASES, PEOPLE
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import search_fixtures  # noqa: E402
 
 
 def test_families_keep_twin_pairs_of_the_split_together():
