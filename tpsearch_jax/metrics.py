@@ -22,7 +22,7 @@ retrieval_metrics_from_embeddings needs only the two embedding tables (≈ 40 MB
 pod, shard the queries (NamedSharding over the query axis): each device holds the replicated 1M × 512 gallery
 (2 GB in float32) plus one block (b·G·4 bytes, 1 GB at b = 256; lower block_size on small-memory chips) and
 computes its queries independently; Q·G·n̄ = 1e11·n̄ comparisons split over the devices.
-Image→text retrieval: pass similarity.T with the pids swapped. The two public functions run on the host (pids are
+Image→text retrieval: pass similarity.T with the pids swapped. The public functions run on the host (pids are
 read as numpy, results are Python floats) and call jitted device code; they are not meant to be traced themselves.
 """
 
