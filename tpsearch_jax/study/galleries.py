@@ -75,8 +75,7 @@ def oracle_r1(fits: np.ndarray, identity_ids: Sequence[int], caption_pids: np.nd
   split's captions × identities ``identity_ids``), caption_pids [C] → the mean of 1/m over the gallery's captions,
   m = how many of the gallery's identities fit the caption."""
   members, own = np.isin(identity_ids, ids), np.isin(caption_pids, ids)
-  m = fits[np.ix_(own, members)].sum(axis=1)
-  return float(100 * np.mean(1.0 / np.maximum(m, 1)))
+  return hard_subset.oracle_r1(fits[np.ix_(own, members)].sum(axis=1))
 
 
 def summarise(rows: Sequence[Mapping[str, float]], repeats: int) -> dict[str, dict[str, float]]:
@@ -106,8 +105,7 @@ def evaluate_run(workdir: str, pool: str, ids_per_gallery: int = IDS_PER_GALLERY
 
   run = runs.load_run(workdir, checkpoint)
   ann = annotations.read_annotations("synthetic_pedes", pool)
-  with open(os.path.join(pool, "attributes.json"), encoding="utf-8") as f:
-    identities = json.load(f)["identities"]
+  identities = hard_subset.read_identities(pool)
 
   model_rows, oracle_rows = [], []
   for split_index, split in enumerate(("val", "test")):
@@ -116,8 +114,9 @@ def evaluate_run(workdir: str, pool: str, ids_per_gallery: int = IDS_PER_GALLERY
     in_split = [p for p in identities if p["split"] == split]
     fits = hard_subset.fit_matrix(in_split, data.captions)
     identity_ids = [p["id"] for p in in_split]
+    groups = families(identities, split)
     for r in range(repeats):
-      galleries = partition(families(identities, split), ids_per_gallery, np.random.default_rng([r, split_index]))
+      galleries = partition(groups, ids_per_gallery, np.random.default_rng([r, split_index]))
       model_rows += gallery_rows(scores, data.caption_pids, data.image_pids, galleries)
       oracle_rows += [{"R1": oracle_r1(fits, identity_ids, data.caption_pids, g)} for g in galleries]
   return {"model": summarise(model_rows, repeats), "oracle": summarise(oracle_rows, repeats),

@@ -140,7 +140,7 @@ def hard_reasons(identities: Sequence[Mapping[str, Any]], split: str, captions: 
 
 def hard_queries(root: str, split) -> np.ndarray:
   """Dataset folder + ``annotations.EvalSplit`` → int64 [n_hard] indices into ``split.captions`` (sorted)."""
-  reasons = hard_reasons(_identities(root), split.name, split.captions, split.caption_pids)
+  reasons = hard_reasons(read_identities(root), split.name, split.captions, split.caption_pids)
   return np.asarray([i for i, r in enumerate(reasons) if r], np.int64)
 
 
@@ -164,11 +164,16 @@ def attribute_oracle(root: str, split: str) -> dict[str, float]:
   its expected R1 is 1/m per caption (images of one identity are interchangeable to it)."""
   with open(os.path.join(root, "reid_raw.json"), encoding="utf-8") as f:
     captions = [c for r in json.load(f) if r["split"] == split for c in r["captions"]]
-  m = np.maximum(consistent_counts(_identities(root), split, captions), 1)
-  return {"R1": float(100 * np.mean(1.0 / m)), "unique": float(100 * np.mean(m == 1)), "captions": len(captions)}
+  m = consistent_counts(read_identities(root), split, captions)
+  return {"R1": oracle_r1(m), "unique": float(100 * np.mean(m == 1)), "captions": len(captions)}
 
 
-def _identities(root: str) -> list[dict[str, Any]]:
+def oracle_r1(counts: np.ndarray) -> float:
+  """int [n_captions] identities fitting each caption → the oracle's expected R1 (%): the mean of 1/m (m ≥ 1)."""
+  return float(100 * np.mean(1.0 / np.maximum(counts, 1)))
+
+
+def read_identities(root: str) -> list[dict[str, Any]]:
   """attributes.json's "identities" list of the dataset folder ``root``."""
   with open(os.path.join(root, "attributes.json"), encoding="utf-8") as f:
     return json.load(f)["identities"]
