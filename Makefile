@@ -31,8 +31,11 @@ browser:
 test: env
 	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
 
+# Trains and evaluates the demo, then scores it on 90 galleries of unseen people (docs/study_synthetic.md §1.3).
 demo: env
-	$(PY) -m tpsearch_jax.main --config=configs/synthetic.py:clip --workdir=$${WORKDIR:-/tmp/tpsearch_synthetic}
+	$(PY) -m tpsearch_jax.main --config=configs/synthetic.py:demo --workdir=$${WORKDIR:-/tmp/tpsearch_synthetic}
+	$(PY) -m tpsearch_jax.study.galleries --workdir=$${WORKDIR:-/tmp/tpsearch_synthetic} \
+	  --pool=$${POOL:-/tmp/tpsearch_data/heldout_pool}
 
 benchmark: env
 	$(PY) -m tpsearch_jax.benchmark --out=benchmarks/latest.json

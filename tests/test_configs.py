@@ -71,10 +71,10 @@ def test_defaults_are_the_reference_recipe():
   assert load("icfg").eval.select_on is None
 
 
-@pytest.mark.parametrize("dataset,methods", [("synthetic", METHODS), ("cuhk", ("irra",)), ("icfg", ("fmfa",)),
-                                             ("rstp", ("pcc",))])
+@pytest.mark.parametrize("dataset,methods", [("synthetic", METHODS + ("demo",)), ("cuhk", ("irra",)),
+                                             ("icfg", ("fmfa",)), ("rstp", ("pcc",))])
 def test_methods_build_from_the_dataset_configs(dataset, methods):
-  """Every method's config is accepted by the model and traces (shapes only, no compilation)."""
+  """Every method's config (and synthetic.py's ``demo``) is accepted by the model and traces (shapes only)."""
   for method in methods:
     c = load(dataset, method)
     if c.eval.select_on is None:

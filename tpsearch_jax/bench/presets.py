@@ -68,8 +68,8 @@ PRESETS = {
                    eval_batches=6, eval_sizes=("cuhk", "icfg"), metrics_sizes=("cuhk", "icfg"),
                    search_rows=1_000_000, search_dim=512, search_query_batch=1024, search_batches=10),
     "demo": Preset("the towers of configs/synthetic.py (96×32 images, patch 8, width 128, 2 layers, context 32, "
-                   "cross-former 1 layer), batch 64, 200 classes: the CPU demo's train step", clip=None, tiny=False,
-                   num_classes=200, batch_size=64, warmup=1, steps=2, windows=3, eval_batch_size=128,
+                   "cross-former 1 layer), batch 64, 200 classes: the synthetic runs' train step", clip=None,
+                   tiny=False, num_classes=200, batch_size=64, warmup=1, steps=2, windows=3, eval_batch_size=128,
                    eval_batches=2, eval_sizes=(), metrics_sizes=("cuhk",), search_rows=100_000, search_dim=128,
                    search_query_batch=256, search_batches=3, config_file="configs/synthetic.py"),
 }
