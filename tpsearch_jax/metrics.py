@@ -202,6 +202,17 @@ def _check_args(ties, block_size, kind):
   return int(block_size)
 
 
+def _matrix_outputs(caller, similarity, query_pids, gallery_pids, block_size, ties):
+  """Shape checks, then the per-query kernel on similarity [Q, G] → (device outputs, query_index) for _per_query."""
+  block = _check_args(ties, block_size, "matrix")
+  shape = tuple(np.shape(similarity))
+  if len(shape) != 2 or np.shape(query_pids) != shape[:1] or np.shape(gallery_pids) != shape[1:]:
+    raise ValueError(f"{caller}: similarity {shape} must be [Q, G] with query_pids {np.shape(query_pids)} "
+                     f"[Q] and gallery_pids {np.shape(gallery_pids)} [G]")
+  slot, order, query_index, table, counts, mesh, axis = _prepare(query_pids, gallery_pids, similarity)
+  return _compiled("matrix", block, ties, mesh, axis)(similarity, slot, order, table, counts), query_index
+
+
 def retrieval_metrics(similarity, query_pids, gallery_pids, block_size=None, ties="optimistic", return_counts=False):
   """Text→image metrics. similarity [Q, G] (numpy or jax.Array, any float dtype, may be sharded over queries),
   query_pids [Q], gallery_pids [G] -> {"R1","R5","R10","mAP","mINP"} percent floats.
@@ -210,14 +221,8 @@ def retrieval_metrics(similarity, query_pids, gallery_pids, block_size=None, tie
   "num_queries" / "num_queries_without_positive" when return_counts=True). Non-finite scores raise ValueError.
   block_size: queries per step (None: 16 on CPU, where small blocks stay in cache, 256 on accelerators).
   """
-  block = _check_args(ties, block_size, "matrix")
-  shape = tuple(np.shape(similarity))
-  if len(shape) != 2 or np.shape(query_pids) != shape[:1] or np.shape(gallery_pids) != shape[1:]:
-    raise ValueError(f"retrieval_metrics: similarity {shape} must be [Q, G] with query_pids {np.shape(query_pids)} "
-                     f"[Q] and gallery_pids {np.shape(gallery_pids)} [G]")
-  slot, order, query_index, table, counts, mesh, axis = _prepare(query_pids, gallery_pids, similarity)
-  fn = _compiled("matrix", block, ties, mesh, axis)
-  return _summarise(fn(similarity, slot, order, table, counts), query_index, return_counts)
+  return _summarise(*_matrix_outputs("retrieval_metrics", similarity, query_pids, gallery_pids, block_size, ties),
+                    return_counts)
 
 
 def grouped_retrieval_metrics(similarity, query_pids, gallery_pids, query_groups, block_size=None,
@@ -229,23 +234,19 @@ def grouped_retrieval_metrics(similarity, query_pids, gallery_pids, query_groups
   Each query is still ranked against the whole gallery; to score groups against their own gallery items only, give
   the other items a score below every own one first. A group whose queries have no positive raises ValueError.
   """
-  block = _check_args(ties, block_size, "matrix")
-  shape = tuple(np.shape(similarity))
-  if len(shape) != 2 or np.shape(query_pids) != shape[:1] or np.shape(gallery_pids) != shape[1:] or \
-      np.shape(query_groups) != shape[:1]:
-    raise ValueError(f"grouped_retrieval_metrics: similarity {shape} must be [Q, G] with query_pids and "
-                     f"query_groups [Q] ({np.shape(query_pids)}, {np.shape(query_groups)}) and gallery_pids "
-                     f"{np.shape(gallery_pids)} [G]")
-  slot, order, query_index, table, counts, mesh, axis = _prepare(query_pids, gallery_pids, similarity)
-  first, last, n, ap = _per_query(_compiled("matrix", block, ties, mesh, axis)(similarity, slot, order, table,
-                                                                               counts), query_index)
+  if np.shape(query_groups) != np.shape(query_pids):
+    raise ValueError(f"grouped_retrieval_metrics: query_groups {np.shape(query_groups)} must be [Q] like query_pids "
+                     f"{np.shape(query_pids)}")
+  first, last, n, ap = _per_query(*_matrix_outputs("grouped_retrieval_metrics", similarity, query_pids, gallery_pids,
+                                                   block_size, ties))
   groups, out = np.asarray(query_groups), {}
   for label in dict.fromkeys(groups.tolist()):
-    has = (groups == label) & (n > 0)
+    in_group = groups == label
+    has = in_group & (n > 0)
     if not has.any():
       raise ValueError(f"grouped_retrieval_metrics: no query of group {label!r} has a gallery item with its pid")
     out[label] = _averages(first, last, n, ap, has) | {
-        "num_queries": int(has.sum()), "num_queries_without_positive": int(((groups == label) & (n == 0)).sum())}
+        "num_queries": int(has.sum()), "num_queries_without_positive": int((in_group & (n == 0)).sum())}
   return out
 
 

@@ -62,9 +62,10 @@ def gallery_rows(scores: np.ndarray, query_pids: np.ndarray, gallery_pids: np.nd
   gallery_of = {pid: i for i, ids in enumerate(galleries) for pid in ids}
   query_gallery = np.asarray([gallery_of.get(int(p), -1) for p in query_pids])
   image_gallery = np.asarray([gallery_of.get(int(p), -2) for p in gallery_pids])
-  own = query_gallery[:, None] == image_gallery[None, :]
-  masked = np.where(own, scores, np.min(scores) - 1.0).astype(np.float32)
-  rows = grouped_retrieval_metrics(masked, query_pids, gallery_pids, query_gallery)
+  kept = query_gallery >= 0  # the captions of identities left out of every gallery are not scored
+  own = query_gallery[kept, None] == image_gallery[None, :]
+  masked = np.where(own, scores[kept], np.min(scores) - 1.0).astype(np.float32)
+  rows = grouped_retrieval_metrics(masked, np.asarray(query_pids)[kept], gallery_pids, query_gallery[kept])
   return [{k: rows[i][k] for k in METRICS} | {"queries": rows[i]["num_queries"],
                                               "gallery": int((image_gallery == i).sum())}
           for i in range(len(galleries))]
