@@ -2,6 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# glibc malloc: every thread on the main arena, no mmap, no trimming. XLA's CPU runtime allocates one temp buffer per
+# step (278 MB for the demo); by default each is mmap'd, page-faulted in and unmapped again, a quarter of the CPU time
+# (README, "Training on CPU"). Ignored where glibc is not the allocator.
+export GLIBC_TUNABLES ?= glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
 
 .PHONY: env browser test demo benchmark clean
 

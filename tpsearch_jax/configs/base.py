@@ -95,7 +95,7 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
       check_cache="",  # decoded-image check cache: "" = <root>/.tpsearch_checked.json, a folder/file, or "off"
       use_tfds=False,  # read the images from the TFDS records (python -m tpsearch_jax.data.tfds_builders)
       tfds_data_dir=config_dict.placeholder(str),  # where they were prepared; None = TFDS's default data dir
-      num_parallel_calls=-1,  # tf.data.AUTOTUNE
+      num_parallel_calls=-1,  # ≤ 0: one per usable host core
       num_threads=0,  # > 0: a private tf.data thread pool of this size; 0 = TF's shared pool
       synthetic=dict(num_ids=0, images_per_id=0),
   ))

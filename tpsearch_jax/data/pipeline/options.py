@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,16 +36,21 @@ def init_tf() -> None:
 
 
 def parallel_calls(config_data: Any) -> int:
-  """data.num_parallel_calls: a positive count, or AUTOTUNE for 0 / negative / None."""
+  """data.num_parallel_calls: a positive count, or one call per core this process may run on for 0 / negative / None."""
   n = config_data.num_parallel_calls
-  return tf.data.AUTOTUNE if not n or n < 0 else int(n)
+  return len(os.sched_getaffinity(0)) if not n or n < 0 else int(n)
 
 
 def dataset_options(config_data: Any) -> tf.data.Options:
-  """Deterministic tf.data options; data.num_threads > 0 gives the dataset a private thread pool of that size."""
+  """Deterministic tf.data options; data.num_threads > 0 gives the dataset a private thread pool of that size.
+
+  The autotuning model is off: its thread sleeps up to 60 s between optimisations and, in TF 2.21, destroying an
+  iterator waits for that sleep to end (up to a minute at the end of training or of a long evaluation). Map
+  parallelism comes from ``parallel_calls``; ``prefetch(AUTOTUNE)`` buffers keep their own tuner.
+  """
   options = tf.data.Options()
   options.deterministic = True
   options.threading.private_threadpool_size = max(int(config_data.num_threads or 0), 0)
   options.threading.max_intra_op_parallelism = 1
-  options.autotune.enabled = True
+  options.autotune.enabled = False
   return options
