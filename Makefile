@@ -2,10 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
-# glibc malloc: every thread on the main arena, no mmap, no trimming. XLA's CPU runtime allocates one temp buffer per
-# step (278 MB for the demo); by default each is mmap'd, page-faulted in and unmapped again, a quarter of the CPU time
-# (README, "Training on CPU"). Ignored where glibc is not the allocator.
-export GLIBC_TUNABLES ?= glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
+# For CPU training runs (the demo): glibc malloc with every thread on the main arena, no mmap, no trimming. XLA's CPU
+# runtime allocates one temp buffer per step (278 MB for the demo), by default mmap'd, faulted in and unmapped every
+# step (README, "Training on CPU"). Not for the tests: compilation-heavy work runs slower with it.
+CPU_TRAIN_MALLOC ?= glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
 
 .PHONY: env browser test demo benchmark clean
 
@@ -37,7 +37,7 @@ test: env
 
 # Trains and evaluates the demo, then scores it on 90 galleries of unseen people (docs/study_synthetic.md §1.3).
 demo: env
-	$(PY) -m tpsearch_jax.main --config=configs/synthetic.py:demo --workdir=$${WORKDIR:-/tmp/tpsearch_synthetic}
+	GLIBC_TUNABLES=$(CPU_TRAIN_MALLOC) $(PY) -m tpsearch_jax.main --config=configs/synthetic.py:demo --workdir=$${WORKDIR:-/tmp/tpsearch_synthetic}
 	$(PY) -m tpsearch_jax.study.galleries --workdir=$${WORKDIR:-/tmp/tpsearch_synthetic} \
 	  --pool=$${POOL:-/tmp/tpsearch_data/heldout_pool}
 
