@@ -37,7 +37,8 @@ test: env
 
 # Trains and evaluates the demo, then scores it on 90 galleries of unseen people (docs/study_synthetic.md §1.3).
 demo: env
-	GLIBC_TUNABLES=$(CPU_TRAIN_MALLOC) $(PY) -m tpsearch_jax.main --config=configs/synthetic.py:demo --workdir=$${WORKDIR:-/tmp/tpsearch_synthetic}
+	GLIBC_TUNABLES=$(CPU_TRAIN_MALLOC) $(PY) -m tpsearch_jax.main --config=configs/synthetic.py:demo \
+	  --workdir=$${WORKDIR:-/tmp/tpsearch_synthetic}
 	$(PY) -m tpsearch_jax.study.galleries --workdir=$${WORKDIR:-/tmp/tpsearch_synthetic} \
 	  --pool=$${POOL:-/tmp/tpsearch_data/heldout_pool}
 
