@@ -38,15 +38,17 @@ def init_tf() -> None:
 def parallel_calls(config_data: Any) -> int:
   """data.num_parallel_calls: a positive count, or one call per core this process may run on for 0 / negative / None."""
   n = config_data.num_parallel_calls
-  return len(os.sched_getaffinity(0)) if not n or n < 0 else int(n)
+  if n and n > 0:
+    return int(n)
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def dataset_options(config_data: Any) -> tf.data.Options:
   """Deterministic tf.data options; data.num_threads > 0 gives the dataset a private thread pool of that size.
 
-  The autotuning model is off: its thread sleeps up to 60 s between optimisations and, in TF 2.21, destroying an
-  iterator waits for that sleep to end (up to a minute at the end of training or of a long evaluation). Map
-  parallelism comes from ``parallel_calls``; ``prefetch(AUTOTUNE)`` buffers keep their own tuner.
+  The autotuning model is off: its thread sleeps up to 60 s between optimisations and, with TF 2.21, destroying the
+  training iterator waited for that sleep to end (up to a minute lost between the last step and the final
+  evaluation). Map parallelism comes from ``parallel_calls``; ``prefetch(AUTOTUNE)`` buffers keep their own tuner.
   """
   options = tf.data.Options()
   options.deterministic = True
