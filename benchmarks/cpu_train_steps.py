@@ -23,15 +23,14 @@ import time
 import jax
 
 from tpsearch_jax import sharding as shd
-from tpsearch_jax.config_files import load_config_module
+from tpsearch_jax.config_files import load_config
 from tpsearch_jax.training import state as state_lib
 from tpsearch_jax.training.setup import build_setup, initial_state
 
 
 def measure(config_arg: str, warmup: int, steps: int) -> dict:
   """Times ``steps`` train steps of ``config_arg`` ("file.py:arg") in this process -> a result row."""
-  path, _, arg = config_arg.partition(":")
-  config = load_config_module(path).get_config(arg) if arg else load_config_module(path).get_config()
+  config = load_config(config_arg)
   with tempfile.TemporaryDirectory() as workdir:
     s = build_setup(config, workdir, train=True)
     train_step = state_lib.make_train_step(config, s.model, s.tx, s.mesh, s.shardings)

@@ -22,6 +22,13 @@ def load_config_module(path: str) -> types.ModuleType:
   return module
 
 
+def load_config(value: str):
+  """"file.py" or "file.py:argument" -> what that file's get_config() / get_config(argument) returns."""
+  path, _, arg = value.partition(":")
+  module = load_config_module(path)
+  return module.get_config(arg) if arg else module.get_config()
+
+
 def _flag_value(argv: Sequence[str], name: str) -> str | None:
   """The value of the last ``name=V`` / ``name V`` in ``argv`` (absl keeps the last), or None."""
   value = None
@@ -39,10 +46,8 @@ def check_config_flags(argv: Sequence[str]) -> None:
   value = _flag_value(argv, "--config")
   if not value:
     raise UserError("--config is required, e.g. --config=configs/cuhk.py:irra (a file in configs/ and a method)")
-  path, _, arg = value.partition(":")
   try:
-    module = load_config_module(path)
-    config = module.get_config(arg) if arg else module.get_config()
+    config = load_config(value)
   except FileNotFoundError as e:
     raise UserError(f"--config={value}: {e}") from e
   except Exception as e:  # pylint: disable=broad-except  (a config file may raise anything for a bad argument)

@@ -11,7 +11,7 @@ import jax
 
 from absl import logging as absl_logging
 
-from tpsearch_jax.config_files import load_config_module
+from tpsearch_jax.config_files import load_config
 from tpsearch_jax.study.runner import run_study
 from tpsearch_jax.study.summary import summarize
 
@@ -24,9 +24,7 @@ def main(argv=None) -> int:
   ap.add_argument("--only", default="", help="comma-separated methods to run (default: all of the config)")
   ap.add_argument("--seeds", default="", help="comma-separated seeds (default: the config's)")
   args = ap.parse_args(argv)
-  path, _, arg = args.config.partition(":")
-  module = load_config_module(path)
-  study = module.get_config(arg) if arg else module.get_config()
+  study = load_config(args.config)
   if args.seeds:
     study.seeds = tuple(int(v) for v in args.seeds.split(","))
   if args.only:
