@@ -6,14 +6,15 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds  # a required dependency (pyproject.toml): a broken import fails, never skips
 
-tfds = pytest.importorskip("tensorflow_datasets")
-
-import dataset_fixtures as fx  # noqa: E402
-from tpsearch_jax.data import input_pipeline as ip  # noqa: E402
-from tpsearch_jax.data import read_annotations  # noqa: E402
-from tpsearch_jax.data import tfds_builders as tb  # noqa: E402
-from tpsearch_jax.data.synthetic import generate  # noqa: E402
+import dataset_fixtures as fx
+from tpsearch_jax.data.image_check import ImageDecodeError
+from tpsearch_jax.data.pipeline.evaluation import eval_datasets
+from tpsearch_jax.data.pipeline.training import TrainPipeline, train_iterator
+from tpsearch_jax.data import read_annotations
+from tpsearch_jax.data import tfds_builders as tb
+from tpsearch_jax.data.synthetic import generate
 
 
 def _prepare(cls, manual_dir, data_dir):
@@ -126,15 +127,15 @@ def test_use_tfds_pipelines_give_the_image_folder_batches(tmp_path):
   folder_cfg = fx.data_config(**common)
   tfds_cfg = fx.data_config(**common, use_tfds=True, tfds_data_dir=data_dir)
   splits = {s: ann.split(s) for s in ("val", "test")}
-  want_train = _take(ip.train_iterator(ann.train, folder_cfg, 4, seed=3), 2)
-  want_eval = {s: [list(b) for b in ip.eval_datasets(sp, folder_cfg, 2)] for s, sp in splits.items()}
+  want_train = _take(train_iterator(ann.train, folder_cfg, 4, seed=3), 2)
+  want_eval = {s: [list(b) for b in eval_datasets(sp, folder_cfg, 2)] for s, sp in splits.items()}
   os.rename(os.path.join(root, "imgs"), os.path.join(root, "imgs_moved"))
 
-  pipeline = ip.TrainPipeline(ann.train, tfds_cfg, 4, seed=3)
+  pipeline = TrainPipeline(ann.train, tfds_cfg, 4, seed=3)
   assert (pipeline.steps_per_epoch, pipeline.num_examples, pipeline.num_skipped) == (2, 9, 0)
   _assert_same_batches(want_train, _take(pipeline.iterator(), 2))
   for s, sp in splits.items():
-    got = [list(b) for b in ip.eval_datasets(sp, tfds_cfg, 2)]
+    got = [list(b) for b in eval_datasets(sp, tfds_cfg, 2)]
     for want_kind, got_kind in zip(want_eval[s], got):
       _assert_same_batches(want_kind, got_kind)
   assert np.abs(want_train[0]["images"]).max() > 0.5  # real pixels, not zeros
@@ -146,12 +147,12 @@ def test_use_tfds_names_unprepared_records_and_absent_images(tmp_path, caplog):
   data_dir = str(tmp_path / "tfds")
   cfg = fx.data_config(name="cuhk_pedes", root=root, image_size=(8, 4), use_tfds=True, tfds_data_dir=data_dir)
   with pytest.raises(FileNotFoundError, match="not prepared.*python -m tpsearch_jax.data.tfds_builders"):
-    ip.TrainPipeline(ann.train, cfg, 4, seed=0)
+    TrainPipeline(ann.train, cfg, 4, seed=0)
   tb.load_with_tfds("cuhk_pedes", data_dir=data_dir, manual_dir=root)
   val_image = ann.split("val").image_paths[0]  # exists on disk, but is not in the train records
   records = list(ann.train) + [ann.train[0]._replace(image_path=val_image)]
-  with pytest.raises(ip.ImageDecodeError, match=r"0100_c1s1_000151_00\.jpg: not in TFDS cuhk_pedes/train"):
-    ip.TrainPipeline(records, cfg, 4, seed=0)
+  with pytest.raises(ImageDecodeError, match=r"0100_c1s1_000151_00\.jpg: not in TFDS cuhk_pedes/train"):
+    TrainPipeline(records, cfg, 4, seed=0)
   cfg.skip_corrupt = True
-  pipeline = ip.TrainPipeline(records, cfg, 4, seed=0)
+  pipeline = TrainPipeline(records, cfg, 4, seed=0)
   assert (pipeline.num_examples, pipeline.num_skipped) == (9, 1) and "skipping 1 examples" in caplog.text
