@@ -146,6 +146,10 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
       bert=config_dict.placeholder(str),
       vit=config_dict.placeholder(str),
       resnet=config_dict.placeholder(str),
+      # A run of this project: WORKDIR (best, else last checkpoint) or WORKDIR:STEP; every param whose path and shape
+      # match is loaded, the rest stays fresh (training/init_from_run.py). run_exclude: regex of params kept fresh.
+      run=config_dict.placeholder(str),
+      run_exclude=config_dict.placeholder(str),
   ))
   apply_overrides(c, preset["recipe"], f"models/presets.py:{method}")
   return c

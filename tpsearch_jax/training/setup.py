@@ -12,11 +12,13 @@ from etils import epath
 
 from tpsearch_jax import evaluate as eval_lib
 from tpsearch_jax import sharding as shd
-from tpsearch_jax.data import datasets, input_pipeline
+from tpsearch_jax.data import datasets
+from tpsearch_jax.data.pipeline import evaluation as eval_pipeline
+from tpsearch_jax.data.pipeline import training as train_pipeline
 from tpsearch_jax.data.synthetic import hard_subset
-from tpsearch_jax.checkpoints import load_clip_params
+from tpsearch_jax.models.clip.weights import load_clip_params
 from tpsearch_jax.models import backbones, build_model, model_options
-from tpsearch_jax.training import optim
+from tpsearch_jax.training import init_from_run, optim
 from tpsearch_jax.training import state as state_lib
 from tpsearch_jax.training.config_checks import check_parallelism, resolve_config, warn_if_test_selection
 from tpsearch_jax.user_errors import UserError
@@ -32,7 +34,7 @@ class Setup:
   abstract: Any
   tx: Any
   shardings: Any
-  train_data: Any = None  # input_pipeline.TrainPipeline (training runs only)
+  train_data: Any = None  # train_pipeline.TrainPipeline (training runs only)
   _eval_data: dict = dataclasses.field(default_factory=dict)  # split → (image batches, text batches), re-iterable
   _evaluator: Any = None
   _subsets: dict = dataclasses.field(default_factory=dict)  # name → query indices of the test split
@@ -48,7 +50,7 @@ class Setup:
   def eval_batches(self, split: str):
     """(image batches, text batches) of ``split`` for this process (padded, with "valid" masks); built once."""
     if split not in self._eval_data:
-      self._eval_data[split] = input_pipeline.eval_datasets(
+      self._eval_data[split] = eval_pipeline.eval_datasets(
           self.ann.split(split), self.config.data, int(self.config.eval.batch_size),
           process_index=jax.process_index(), process_count=jax.process_count())
     return self._eval_data[split]
@@ -61,7 +63,7 @@ class Setup:
   def skipped(self, splits) -> dict[str, dict[str, int]]:
     """{split: {"missing", "corrupt", "captions_dropped"}} the skip rule dropped, for train (if training) and
     ``splits``."""
-    return input_pipeline.skipped_by_split(self.train_data, {sp: self.eval_batches(sp) for sp in splits})
+    return train_pipeline.skipped_by_split(self.train_data, {sp: self.eval_batches(sp) for sp in splits})
 
   def query_subsets(self, split: str) -> dict:
     """{name: query indices} reported beside ``split``: synthetic_pedes test → {"hard": ``hard_subset``'s}."""
@@ -90,7 +92,7 @@ def build_setup(config, workdir: str, *, train: bool, config_file: str = "config
   model = build_model(config)
   train_data, steps_per_epoch = None, 1
   if train:
-    train_data = input_pipeline.TrainPipeline(
+    train_data = train_pipeline.TrainPipeline(
         ann.train, config.data, int(config.train.batch_size), int(config.seed),
         process_index=jax.process_index(), process_count=jax.process_count())
     steps_per_epoch = train_data.steps_per_epoch
@@ -136,13 +138,15 @@ def pretrained_backbone_params(config) -> dict:
 
 def has_pretrained(config) -> bool:
   """Whether any ``config.init`` weight path is set."""
-  return any(config.init.get(f) for f in ("clip", "bert", "vit", "resnet"))
+  return any(config.init.get(f) for f in ("clip", "bert", "vit", "resnet", "run"))
 
 
 def initial_state(s: Setup):
-  """A freshly initialised TrainState (with the ``config.init.*`` weights that are set)."""
+  """A freshly initialised TrainState (with the ``config.init.*`` weights that are set; ``init.run`` last)."""
   state, _, _ = state_lib.create_train_state(s.config, s.model, s.mesh, jax.random.PRNGKey(int(s.config.seed)),
                                              steps_per_epoch=s.steps_per_epoch,
                                              clip_params=pretrained_clip_params(s.config),
                                              pretrained=pretrained_backbone_params(s.config))
+  if s.config.init.get("run"):  # the matching params of another run of this project (training/init_from_run.py)
+    state = init_from_run.initialise_from_run(state, s.config, s.mesh, s.tx, s.shardings)
   return state
