@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from tpsearch_jax.configs import base
-from tpsearch_jax.data import tokenizer
+from tpsearch_jax.models.clip import tokenizer
 
 WORDS = ("a the woman man young old girl boy wearing with and in on of is has carrying holding walking black white "
          "red blue green yellow grey gray dark light pink purple brown orange long short sleeve sleeved shirt t-shirt "
@@ -69,7 +69,8 @@ def bench_pipeline(num_images: int, batch: int, steps: int, image_size: tuple[in
                    parallel: int = -1) -> dict[str, float]:
   """images/s of the train and eval pipelines with ``parallel`` map calls and as many threads (-1: AUTOTUNE, all
   cores)."""
-  from tpsearch_jax.data import input_pipeline as ip  # noqa: PLC0415 - TF only for this part
+  from tpsearch_jax.data.pipeline.evaluation import eval_datasets  # noqa: PLC0415 - TF only for this part
+  from tpsearch_jax.data.pipeline.training import train_iterator  # noqa: PLC0415 - TF only for this part
 
   cfg = base.get_config("irra").data  # the training recipe's data settings
   cfg.image_size, cfg.context_length, cfg.num_parallel_calls = image_size, 77, parallel
@@ -80,7 +81,7 @@ def bench_pipeline(num_images: int, batch: int, steps: int, image_size: tuple[in
     texts = captions(2 * num_images, seed=1)
     records = [Rec(i // 4, i // 2, paths[i // 2], texts[i]) for i in range(2 * num_images)]
     t0 = time.perf_counter()
-    it = ip.train_iterator(records, cfg, batch, seed=0)
+    it = train_iterator(records, cfg, batch, seed=0)
     next(it)
     build = time.perf_counter() - t0
     for _ in range(3):
@@ -92,7 +93,7 @@ def bench_pipeline(num_images: int, batch: int, steps: int, image_size: tuple[in
     train_cpu = steps * batch / (time.process_time() - c0)
     split = collections.namedtuple("S", "name image_pids image_paths caption_pids captions")(
         "test", np.arange(num_images), paths, np.arange(2 * num_images) // 2, texts)
-    images, _ = ip.eval_datasets(split, cfg, batch)
+    images, _ = eval_datasets(split, cfg, batch)
     next(iter(images))
     t0, c0 = time.perf_counter(), time.process_time()
     n = sum(int(b["valid"].sum()) for b in images)

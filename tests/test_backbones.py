@@ -16,13 +16,16 @@ from safetensors.numpy import load_file, save_file
 
 import dataset_fixtures
 from tpsearch_jax import batch as batch_lib
-from tpsearch_jax import checkpoints, flops, objectives
+from tpsearch_jax import flops, objectives
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.models import backbones, build_model, model_options
 from tpsearch_jax.models.bert import bert_tokenizer
+from tpsearch_jax.models.bert.weights import load_bert
 from tpsearch_jax.models.clip import CheckpointError
 from tpsearch_jax.models.clip import convert as convert_cli
 from tpsearch_jax.models.resnet import ResNet, ResNetConfig
+from tpsearch_jax.models.resnet.weights import load_resnet50
+from tpsearch_jax.models.vit.weights import load_vit
 from tpsearch_jax.training import config_checks, optim, trainer
 from tpsearch_jax.training import setup as setup_lib
 
@@ -46,7 +49,7 @@ def _close(a, b):
 
 def test_bert_matches_transformers_and_tokenizes_like_it():
   ref = _ref(BERT)
-  model, params = checkpoints.load_bert(BERT)
+  model, params = load_bert(BERT)
   assert (model.config.hidden_size, model.config.num_layers, model.config.intermediate_size) == (32, 2, 48)
   hidden, pooled = jax.jit(model.apply)({"params": params}, ref["input_ids"], ref["attention_mask"],
                                         ref["token_type_ids"])
@@ -58,20 +61,20 @@ def test_bert_matches_transformers_and_tokenizes_like_it():
 
 def test_vit_matches_transformers_native_and_resampled():
   ref = _ref(VIT)
-  model, params = checkpoints.load_vit(VIT)
+  model, params = load_vit(VIT)
   assert model.image_size == (32, 32)
   _close(jax.jit(model.apply)({"params": params}, ref["images"]), ref["last_hidden_state"])
-  model, params = checkpoints.load_vit(VIT, image_size=(48, 16))  # 4×4 grid → 6×2, bilinear as for CLIP
+  model, params = load_vit(VIT, image_size=(48, 16))  # 4×4 grid → 6×2, bilinear as for CLIP
   assert params["embeddings"]["position_embeddings"].shape == (13, 32)
   _close(jax.jit(model.apply)({"params": params}, ref["images_48x16"]), ref["last_hidden_state_48x16"])
 
 
 def test_resnet_matches_transformers_with_both_last_strides():
   ref = _ref(RESNET)
-  model, variables = checkpoints.load_resnet50(RESNET)
+  model, variables = load_resnet50(RESNET)
   assert set(variables) == {"params", "batch_stats"}
   _close(jax.jit(model.apply)(variables, ref["images"]), ref["last_hidden_state"])
-  model, variables = checkpoints.load_resnet50(RESNET, image_size=(64, 32), last_stride=1)
+  model, variables = load_resnet50(RESNET, image_size=(64, 32), last_stride=1)
   out = jax.jit(model.apply)(variables, ref["images"])
   assert out.shape == (2, 8, 4, 32)
   _close(out, ref["last_hidden_state_stride1"])
@@ -99,9 +102,9 @@ def _copy(tmp_path, src, edit=None, config_edit=None):
 
 
 @pytest.mark.parametrize("loader,src,key", [
-    (checkpoints.load_bert, BERT, "encoder.layer.1.attention.output.LayerNorm.bias"),
-    (checkpoints.load_vit, VIT, "encoder.layer.0.intermediate.dense.weight"),
-    (checkpoints.load_resnet50, RESNET, "encoder.stages.1.layers.1.layer.2.normalization.running_var"),
+    (load_bert, BERT, "encoder.layer.1.attention.output.LayerNorm.bias"),
+    (load_vit, VIT, "encoder.layer.0.intermediate.dense.weight"),
+    (load_resnet50, RESNET, "encoder.stages.1.layers.1.layer.2.normalization.running_var"),
 ])
 def test_missing_extra_and_misshaped_tensors_are_all_named(tmp_path, loader, src, key):
   def edit(s):
@@ -119,8 +122,8 @@ def test_missing_extra_and_misshaped_tensors_are_all_named(tmp_path, loader, src
   assert "wrong shapes: '" in msg
 
 
-@pytest.mark.parametrize("loader,src", [(checkpoints.load_bert, BERT), (checkpoints.load_vit, VIT),
-                                        (checkpoints.load_resnet50, RESNET)])
+@pytest.mark.parametrize("loader,src", [(load_bert, BERT), (load_vit, VIT),
+                                        (load_resnet50, RESNET)])
 def test_wrong_model_type_and_missing_files(tmp_path, loader, src):
   folder = _copy(tmp_path, src, config_edit=lambda c: c.update(model_type="clip"))
   with pytest.raises(CheckpointError, match="model_type is 'clip', expected"):
@@ -143,8 +146,8 @@ def test_pretraining_checkpoint_layout_loads_the_same(tmp_path):
       s[new] = s.pop(k)
     s["cls.predictions.bias"] = np.zeros(4, np.float32)
 
-  _, want = checkpoints.load_bert(BERT)
-  _, got = checkpoints.load_bert(_copy(tmp_path, BERT, edit))
+  _, want = load_bert(BERT)
+  _, got = load_bert(_copy(tmp_path, BERT, edit))
   jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
@@ -152,17 +155,17 @@ def test_convert_cli_detects_the_kind_and_round_trips(tmp_path):
   for src, extra in ((BERT, []), (VIT, ["--image_size=48,16"]), (RESNET, [])):
     dst = tmp_path / f"{src.name}.msgpack"
     assert convert_cli.main([f"--src={src}", f"--dst={dst}", *extra]) == 0
-  _, a = checkpoints.load_bert(tmp_path / "hf_tiny_bert.msgpack")
-  jax.tree.map(np.testing.assert_array_equal, a, checkpoints.load_bert(BERT)[1])
-  model, v = checkpoints.load_vit(tmp_path / "hf_tiny_vit.msgpack")
+  _, a = load_bert(tmp_path / "hf_tiny_bert.msgpack")
+  jax.tree.map(np.testing.assert_array_equal, a, load_bert(BERT)[1])
+  model, v = load_vit(tmp_path / "hf_tiny_vit.msgpack")
   assert model.image_size == (48, 16)
   _close(model.apply({"params": v}, _ref(VIT)["images_48x16"]), _ref(VIT)["last_hidden_state_48x16"])
   with pytest.raises(CheckpointError, match="converted for images"):
-    checkpoints.load_vit(tmp_path / "hf_tiny_vit.msgpack", image_size=(32, 32))
-  model, v = checkpoints.load_resnet50(tmp_path / "hf_tiny_resnet.msgpack", last_stride=1)
+    load_vit(tmp_path / "hf_tiny_vit.msgpack", image_size=(32, 32))
+  model, v = load_resnet50(tmp_path / "hf_tiny_resnet.msgpack", last_stride=1)
   _close(model.apply(v, _ref(RESNET)["images"]), _ref(RESNET)["last_hidden_state_stride1"])
   with pytest.raises(CheckpointError, match="converted as 'bert', not 'vit'"):
-    checkpoints.load_vit(tmp_path / "hf_tiny_bert.msgpack")
+    load_vit(tmp_path / "hf_tiny_bert.msgpack")
 
 
 # ------------------------------------------------------------------------------------------------ presets

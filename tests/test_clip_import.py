@@ -16,11 +16,6 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from tpsearch_jax import checkpoints as old_checkpoints
-from tpsearch_jax.checkpoints import convert as old_convert_cli
-from tpsearch_jax.data import image_stats as old_image_stats
-from tpsearch_jax.data import tokenizer as old_tokenizer
-from tpsearch_jax.models import clip
 from tpsearch_jax.models.clip import (CheckpointError, CLIPConfig, check_params, convert_checkpoint, convert_state_dict,
                                      load_clip, load_clip_params, resize_posemb)
 from tpsearch_jax.models.clip import convert as convert_cli
@@ -263,27 +258,16 @@ def test_default_mlp_width_config_accepts_a_4x_checkpoint():
   assert params["text"]["transformer"]["resblocks_0"]["mlp"]["c_fc"]["kernel"].shape == (16, 64)
 
 
-def test_old_import_locations_re_export_the_same_objects():
-  paper = {"load_bert", "load_vit", "load_resnet50"}  # the paper backbones' loaders (tests/test_backbones.py)
-  assert len(old_checkpoints.__all__) == 10 + len(paper) and paper <= set(old_checkpoints.__all__)
-  for name in set(old_checkpoints.__all__) - paper:
-    assert getattr(old_checkpoints, name) is getattr(clip, name), name
-  assert old_convert_cli.main is convert_cli.main
-  for name in old_tokenizer.__all__:
-    assert getattr(old_tokenizer, name) is getattr(clip.tokenizer, name), name
-  assert (old_image_stats.CLIP_MEAN, old_image_stats.CLIP_STD) == (clip.CLIP_MEAN, clip.CLIP_STD)
-
-
-def test_old_convert_command_still_runs(tmp_path):
-  dst = tmp_path / "old_cli.msgpack"
-  out = subprocess.run([sys.executable, "-m", "tpsearch_jax.checkpoints.convert", f"--src={FIXTURE}", f"--dst={dst}"],
+def test_convert_command_runs_as_a_module(tmp_path):
+  dst = tmp_path / "cli.msgpack"
+  out = subprocess.run([sys.executable, "-m", "tpsearch_jax.models.clip.convert", f"--src={FIXTURE}", f"--dst={dst}"],
                        capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert out.returncode == 0, out.stderr
   assert "mlp 128" in out.stdout and dst.is_file()
 
 
 def test_import_needs_neither_tensorflow_nor_torch():
-  code = ("import sys, tpsearch_jax.checkpoints, tpsearch_jax.checkpoints.convert, tpsearch_jax.models.clip; "
+  code = ("import sys, tpsearch_jax, tpsearch_jax.models.clip, tpsearch_jax.models.clip.convert; "
           "print(sorted(m for m in ('tensorflow', 'torch', 'transformers') if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env={**os.environ, "JAX_PLATFORMS": "cpu"})

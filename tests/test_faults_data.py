@@ -16,7 +16,9 @@ from PIL import Image
 
 from tpsearch_jax.configs import base
 from tpsearch_jax.data import annotations, datasets, image_check
-from tpsearch_jax.data import input_pipeline as ip
+from tpsearch_jax.data.image_check import ImageDecodeError
+from tpsearch_jax.data.pipeline.evaluation import eval_datasets
+from tpsearch_jax.data.pipeline.training import TrainPipeline, skipped_by_split
 from tpsearch_jax.data.synthetic import ensure, generate
 from tpsearch_jax.user_errors import UserError
 
@@ -52,18 +54,18 @@ def test_truncated_train_jpeg_fails_when_the_pipeline_is_built(tmp_path):
   root = fx.write_cuhk(str(tmp_path))
   truncate_jpeg(os.path.join(root, "imgs", TRAIN_IMAGE))
   ann = annotations.read_annotations("cuhk_pedes", root)
-  with pytest.raises(ip.ImageDecodeError, match=r"train split.*000_45\.jpg.*truncated"):
-    ip.TrainPipeline(ann.train, fx.data_config(image_size=(8, 4)), 4, seed=0)
+  with pytest.raises(ImageDecodeError, match=r"train split.*000_45\.jpg.*truncated"):
+    TrainPipeline(ann.train, fx.data_config(image_size=(8, 4)), 4, seed=0)
 
 
 def test_bad_test_image_is_found_at_start_up_not_after_training(tmp_path):
   root = fx.write_cuhk(str(tmp_path))
   truncate_jpeg(os.path.join(root, "imgs", TEST_IMAGE))
-  with pytest.raises(ip.ImageDecodeError, match=r"CUHK-PEDES test split: 1 of 3 .*p1_s1\.jpg.*skip_corrupt=True"):
+  with pytest.raises(ImageDecodeError, match=r"CUHK-PEDES test split: 1 of 3 .*p1_s1\.jpg.*skip_corrupt=True"):
     datasets.load_annotations(run_config(root))
   ann = annotations.read_annotations("cuhk_pedes", root)  # the eval pipeline alone also names it when built
-  with pytest.raises(ip.ImageDecodeError, match=r"test split.*p1_s1\.jpg"):
-    ip.eval_datasets(ann.split("test"), fx.data_config(image_size=(8, 4)), 4)
+  with pytest.raises(ImageDecodeError, match=r"test split.*p1_s1\.jpg"):
+    eval_datasets(ann.split("test"), fx.data_config(image_size=(8, 4)), 4)
 
 
 def test_build_setup_fails_on_a_bad_test_image_before_building_the_model(tmp_path, monkeypatch):
@@ -73,7 +75,7 @@ def test_build_setup_fails_on_a_bad_test_image_before_building_the_model(tmp_pat
   config = base.get_config("clip")
   config.data.update(name="cuhk_pedes", root=root, image_size=(32, 16))
   monkeypatch.setattr(setup_lib, "build_model", lambda *a: pytest.fail("the model was built before the data check"))
-  with pytest.raises(ip.ImageDecodeError, match=r"test split.*p1_s1\.jpg"):
+  with pytest.raises(ImageDecodeError, match=r"test split.*p1_s1\.jpg"):
     setup_lib.build_setup(config, str(tmp_path / "run"), train=True)
 
 
@@ -118,13 +120,13 @@ def test_unwritable_cache_falls_back_to_checking_uncached(tmp_path, caplog):
 
 
 def test_errors_name_the_exact_flag_and_are_user_errors(tmp_path):
-  assert issubclass(ip.ImageDecodeError, UserError) and issubclass(ip.ImageDecodeError, ValueError)
+  assert issubclass(ImageDecodeError, UserError) and issubclass(ImageDecodeError, ValueError)
   assert issubclass(annotations.AnnotationError, UserError) and issubclass(annotations.AnnotationError, ValueError)
   missing = fx.write_cuhk(str(tmp_path / "m"), "missing_image")
   with pytest.raises(annotations.AnnotationError, match=r"--config\.data\.skip_missing=True"):
     datasets.load_annotations(run_config(missing))
   corrupt = fx.write_cuhk(str(tmp_path / "c"), "corrupt_image")
-  with pytest.raises(ip.ImageDecodeError, match=r"train split.*000_45\.jpg.*--config\.data\.skip_corrupt=True"):
+  with pytest.raises(ImageDecodeError, match=r"train split.*000_45\.jpg.*--config\.data\.skip_corrupt=True"):
     datasets.load_annotations(run_config(corrupt))
 
 
@@ -134,7 +136,7 @@ def test_missing_images_are_skipped_with_their_captions_by_either_flag(tmp_path,
   assert ann.skipped == {"train": {"missing": 1, "corrupt": 0, "captions_dropped": 2},
                          "val": {"missing": 2, "corrupt": 0, "captions_dropped": 4},
                          "test": {"missing": 0, "corrupt": 0, "captions_dropped": 0}}
-  pipeline = ip.TrainPipeline(ann.train, fx.data_config(image_size=(8, 4)), 4, seed=0)
+  pipeline = TrainPipeline(ann.train, fx.data_config(image_size=(8, 4)), 4, seed=0)
   assert pipeline.skipped == ann.skipped["train"] and pipeline.num_skipped == 2
 
 
@@ -143,7 +145,7 @@ def test_corrupt_eval_image_drops_its_captions_and_is_counted(tmp_path, caplog):
   truncate_jpeg(os.path.join(root, "imgs", TEST_IMAGE))
   cfg = fx.data_config(image_size=(8, 4), skip_corrupt=True)
   split = annotations.read_annotations("cuhk_pedes", root).split("test")  # 3 images, 5 captions
-  images, texts = ip.eval_datasets(split, cfg, 4)
+  images, texts = eval_datasets(split, cfg, 4)
   assert (images.num_examples, texts.num_examples) == (2, 3)
   assert images.skipped == texts.skipped == {"missing": 0, "corrupt": 1, "captions_dropped": 2}
   assert images.kept.tolist() == [1, 2] and texts.kept.tolist() == [2, 3, 4]  # indices into the split
@@ -153,10 +155,10 @@ def test_corrupt_eval_image_drops_its_captions_and_is_counted(tmp_path, caplog):
 
   ann = datasets.load_annotations(run_config(root, skip_corrupt=True))  # the start-up check drops the same
   assert ann.skipped["test"] == {"missing": 0, "corrupt": 1, "captions_dropped": 2}
-  images, texts = ip.eval_datasets(ann.split("test"), cfg, 4)
+  images, texts = eval_datasets(ann.split("test"), cfg, 4)
   assert (images.num_examples, texts.num_examples) == (2, 3) and images.skipped == ann.skipped["test"]
-  train = ip.TrainPipeline(ann.train, cfg, 4, seed=0)
-  assert ip.skipped_by_split(train, {"test": (images, texts)}) == {
+  train = TrainPipeline(ann.train, cfg, 4, seed=0)
+  assert skipped_by_split(train, {"test": (images, texts)}) == {
       "train": {"missing": 0, "corrupt": 0, "captions_dropped": 0},
       "test": {"missing": 0, "corrupt": 1, "captions_dropped": 2}}
 

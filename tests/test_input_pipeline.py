@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tpsearch_jax.data import input_pipeline as ip
+from tpsearch_jax.data.image_check import ImageDecodeError
+from tpsearch_jax.data.pipeline.evaluation import eval_datasets
+from tpsearch_jax.data.pipeline.image_ops import augment_params
+from tpsearch_jax.data.pipeline.training import TrainPipeline, train_iterator
 from tpsearch_jax.data import masking, samplers
 from tpsearch_jax.models.clip import tokenizer
 
@@ -60,7 +63,7 @@ def assert_batches_equal(a, b):
 
 
 def test_train_batch_shapes_and_dtypes(data):
-  batch = next(ip.train_iterator(data, config(color_jitter=True), 8, seed=0))
+  batch = next(train_iterator(data, config(color_jitter=True), 8, seed=0))
   want = {"images": ((8, H, W, 3), np.float32), "caption_ids": ((8, 77), np.int32), "mlm_ids": ((8, 77), np.int32),
           "mlm_labels": ((8, 77), np.int32), "pids": ((8,), np.int32), "image_ids": ((8,), np.int32)}
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == want
@@ -69,16 +72,16 @@ def test_train_batch_shapes_and_dtypes(data):
 
 def test_same_seed_same_stream_and_resume_continues_it(data):
   cfg = config(caption_uses_mlm_ids=True)
-  full = take(ip.train_iterator(data, cfg, 8, seed=3), 7)  # 3 steps per epoch: crosses two epoch boundaries
-  assert_batches_equal(full, take(ip.train_iterator(data, cfg, 8, seed=3), 7))
-  assert_batches_equal(full[4:], take(ip.train_iterator(data, cfg, 8, seed=3, start_step=4), 3))
-  other = next(ip.train_iterator(data, cfg, 8, seed=4))
+  full = take(train_iterator(data, cfg, 8, seed=3), 7)  # 3 steps per epoch: crosses two epoch boundaries
+  assert_batches_equal(full, take(train_iterator(data, cfg, 8, seed=3), 7))
+  assert_batches_equal(full[4:], take(train_iterator(data, cfg, 8, seed=3, start_step=4), 3))
+  other = next(train_iterator(data, cfg, 8, seed=4))
   assert not np.array_equal(other["images"], full[0]["images"])
 
 
 def test_epochs_visit_each_example_once(data):
   by_id = {r.image_id: r for r in data}
-  it = ip.train_iterator(data, config(), 8, seed=1)
+  it = train_iterator(data, config(), 8, seed=1)
   assert it.steps_per_epoch == 3 and it.num_examples == 24
   batches = take(it, 6)
   for epoch in (batches[:3], batches[3:]):
@@ -92,8 +95,8 @@ def test_epochs_visit_each_example_once(data):
 
 def test_two_process_slices_concatenate_to_the_global_batch(data):
   cfg = config(color_jitter=True)
-  whole = take(ip.train_iterator(data, cfg, 8, seed=5), 4)
-  parts = [take(ip.train_iterator(data, cfg, 8, seed=5, process_index=p, process_count=2), 4) for p in (0, 1)]
+  whole = take(train_iterator(data, cfg, 8, seed=5), 4)
+  parts = [take(train_iterator(data, cfg, 8, seed=5, process_index=p, process_count=2), 4) for p in (0, 1)]
   joined = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(*parts)]
   assert_batches_equal(whole, joined)
 
@@ -102,7 +105,7 @@ def test_caption_ids_are_the_clean_tokens_or_the_masked_ones(data):
   one_caption = data[::2]  # one record per image, so image_id names the record
   by_id = {r.image_id: r for r in one_caption}
   for uses_mlm in (False, True):
-    b = next(ip.train_iterator(one_caption, config(caption_uses_mlm_ids=uses_mlm), 4, seed=2))
+    b = next(train_iterator(one_caption, config(caption_uses_mlm_ids=uses_mlm), 4, seed=2))
     clean = tokenizer.tokenize([by_id[i].caption for i in b["image_ids"]])
     np.testing.assert_array_equal(b["caption_ids"], b["mlm_ids"] if uses_mlm else clean)
     sel = b["mlm_labels"] > 0
@@ -112,11 +115,11 @@ def test_caption_ids_are_the_clean_tokens_or_the_masked_ones(data):
 
 
 def test_identity_sampler_pipeline_batches_are_k_per_identity(data):
-  b = take(ip.train_iterator(data, config(identity_sampler=True, num_instances=2), 8, seed=0), 3)
+  b = take(train_iterator(data, config(identity_sampler=True, num_instances=2), 8, seed=0), 3)
   for batch in b:
     pids = batch["pids"].reshape(4, 2)
     assert (pids[:, 0] == pids[:, 1]).all() and len(set(pids[:, 0])) == 4
-  assert_batches_equal(b[1:], take(ip.train_iterator(data, config(identity_sampler=True, num_instances=2), 8, seed=0,
+  assert_batches_equal(b[1:], take(train_iterator(data, config(identity_sampler=True, num_instances=2), 8, seed=0,
                                                      start_step=1), 2))
 
 
@@ -133,7 +136,7 @@ def test_flip_pad_crop_semantics(tmp_path):
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (H, W, 3), np.uint8)
   recs = [Rec(0, 0, write(tmp_path / "x.png", x, "PNG"), "a man")] * 32
-  batch = next(ip.train_iterator(recs, config(random_erasing=0.0), 32, seed=0))
+  batch = next(train_iterator(recs, config(random_erasing=0.0), 32, seed=0))
   flips, offsets = [], set()
   for out in batch["images"]:
     found = None
@@ -151,7 +154,7 @@ def test_flip_pad_crop_semantics(tmp_path):
 def test_eval_normalisation_matches_numpy(tmp_path):
   x = np.random.default_rng(1).integers(0, 256, (H, W, 3), np.uint8)
   split = Split("test", np.array([7]), [write(tmp_path / "x.png", x, "PNG")], np.array([7]), ["a man"])
-  images, _ = ip.eval_datasets(split, config(), 1)
+  images, _ = eval_datasets(split, config(), 1)
   out = next(iter(images))["images"][0]
   np.testing.assert_allclose(out, (x / 255.0 - MEAN) / STD, atol=1e-5)
 
@@ -161,7 +164,7 @@ def test_resize_matches_pil_bilinear(tmp_path):
   rng = np.random.default_rng(2)
   src = np.asarray(Image.fromarray(rng.integers(0, 256, (25, 10, 3), np.uint8)).resize((40, 100), Image.BICUBIC))
   split = Split("test", np.array([0]), [write(tmp_path / "s.png", src, "PNG")], np.array([0]), ["x"])
-  out = next(iter(ip.eval_datasets(split, config(), 1)[0]))["images"][0]
+  out = next(iter(eval_datasets(split, config(), 1)[0]))["images"][0]
   pil = np.asarray(Image.fromarray(src).resize((W, H), Image.BILINEAR)) / 255.0
   np.testing.assert_allclose(out * STD + MEAN, pil, atol=1.01 / 255)
 
@@ -169,7 +172,7 @@ def test_resize_matches_pil_bilinear(tmp_path):
 def test_random_erasing_fills_a_rectangle_with_the_raw_mean(tmp_path):
   black = write(tmp_path / "k.png", np.zeros((H, W, 3), np.uint8), "PNG")
   recs = [Rec(0, 0, black, "a man")] * 64
-  batch = next(ip.train_iterator(recs, config(random_erasing=1.0), 64, seed=0))["images"]
+  batch = next(train_iterator(recs, config(random_erasing=1.0), 64, seed=0))["images"]
   background = (0 - MEAN) / STD
   erased_counts = []
   for img in batch:
@@ -182,12 +185,12 @@ def test_random_erasing_fills_a_rectangle_with_the_raw_mean(tmp_path):
   frac = np.array(erased_counts) / (H * W)
   assert (frac > 0).mean() > 0.9
   assert frac[frac > 0].min() >= 0.015 and frac.max() <= 0.45
-  none = next(ip.train_iterator(recs, config(random_erasing=0.0), 64, seed=0))["images"]
+  none = next(train_iterator(recs, config(random_erasing=0.0), 64, seed=0))["images"]
   assert not np.isclose(none, MEAN.astype(np.float32), atol=0, rtol=0).all(-1).any()
 
 
 def test_erasing_parameters_follow_the_recipe_at_384x128():
-  p = ip.augment_params(0, 0, 4000, (384, 128), config(random_erasing=0.5))
+  p = augment_params(0, 0, 4000, (384, 128), config(random_erasing=0.5))
   top, left, h, w = p["erase"].T
   on = h > 0
   assert abs(on.mean() - 0.5) < 0.04  # at 384×128 some of the 10 draws nearly always fits
@@ -207,7 +210,7 @@ def test_eval_padding_keeps_every_example_exactly_once(data, process_count):
   paths = list(dict.fromkeys(r.image_path for r in data))[:11]
   split = Split("test", np.arange(11) + 100, paths, np.arange(13) + 200, [caption(np.random.default_rng(i))
                                                                            for i in range(13)])
-  per = [ip.eval_datasets(split, config(), 4, process_index=p, process_count=process_count)
+  per = [eval_datasets(split, config(), 4, process_index=p, process_count=process_count)
          for p in range(process_count)]
   for kind, n, base in ((0, 11, 100), (1, 13, 200)):
     streams = [p[kind] for p in per]
@@ -231,9 +234,9 @@ def test_corrupt_file_is_named_at_build_time_or_skipped(data, tmp_path, caplog):
   bad = tmp_path / "broken.jpg"
   bad.write_bytes(b"this is not an image")
   recs = list(data) + [Rec(0, 99, str(bad), "a man")]
-  with pytest.raises(ip.ImageDecodeError, match="broken.jpg"):
-    ip.train_iterator(recs, config(), 8, seed=0)
-  it = ip.train_iterator(recs, config(skip_corrupt=True), 8, seed=0)
+  with pytest.raises(ImageDecodeError, match="broken.jpg"):
+    train_iterator(recs, config(), 8, seed=0)
+  it = train_iterator(recs, config(skip_corrupt=True), 8, seed=0)
   assert it.num_examples == 24
   batches = take(it, 3)
   assert all(99 not in b["image_ids"] for b in batches)
@@ -243,13 +246,13 @@ def test_corrupt_file_is_named_at_build_time_or_skipped(data, tmp_path, caplog):
 def test_epoch_length_counts_the_screened_examples_not_the_records(data, tmp_path, caplog):
   """8 of 32 records name a missing file: with skip_corrupt an epoch is 24 // 8 = 3 steps, not 32 // 8 = 4."""
   recs = list(data) + [Rec(6, 50 + i, str(tmp_path / f"gone{i % 2}.jpg"), f"a man {i}") for i in range(8)]
-  pipeline = ip.TrainPipeline(recs, config(skip_corrupt=True), 8, seed=0)
+  pipeline = TrainPipeline(recs, config(skip_corrupt=True), 8, seed=0)
   assert (pipeline.steps_per_epoch, pipeline.num_examples, pipeline.num_skipped) == (3, 24, 8)
   assert "skipping 8 examples" in caplog.text and "gone0.jpg" in caplog.text
   batches = take(pipeline.iterator(), 4)  # one epoch covers every kept example once, then a new epoch begins
   keys = [(i, tuple(c)) for b in batches[:3] for i, c in zip(b["image_ids"], b["caption_ids"])]
   assert len(set(keys)) == 24 and all((b["image_ids"] < 50).all() for b in batches)
-  it = ip.train_iterator(recs, config(skip_corrupt=True), 8, seed=0)
+  it = train_iterator(recs, config(skip_corrupt=True), 8, seed=0)
   assert (it.steps_per_epoch, it.num_examples) == (3, 24)
 
 
@@ -257,22 +260,22 @@ def test_train_pipeline_screens_and_tokenizes_once(data, monkeypatch):
   calls = []
   tokenize = tokenizer.tokenize
   monkeypatch.setattr(tokenizer, "tokenize", lambda *a, **k: calls.append(1) or tokenize(*a, **k))
-  pipeline = ip.TrainPipeline(data, config(), 8, seed=7)
+  pipeline = TrainPipeline(data, config(), 8, seed=7)
   first, resumed = take(pipeline.iterator(), 5), take(pipeline.iterator(start_step=2), 3)
   assert len(calls) == 1
   assert_batches_equal(first[2:], resumed)
   monkeypatch.setattr(tokenizer, "tokenize", tokenize)
-  assert_batches_equal(first, take(ip.train_iterator(data, config(), 8, seed=7), 5))
+  assert_batches_equal(first, take(train_iterator(data, config(), 8, seed=7), 5))
 
 
 def test_incomplete_data_config_is_named(data):
   cfg = config()
   del cfg["verify_images"], cfg["num_threads"]
   with pytest.raises(ValueError, match="lacks field.*verify_images, num_threads"):
-    ip.TrainPipeline(data, cfg, 8, seed=0)
+    TrainPipeline(data, cfg, 8, seed=0)
   split = Split("test", np.array([0]), [data[0].image_path], np.array([0]), ["a man"])
   with pytest.raises(ValueError, match="eval pipeline test.*lacks field.*verify_images"):
-    ip.eval_datasets(split, cfg, 1)
+    eval_datasets(split, cfg, 1)
   with pytest.raises(KeyError, match="shuffle_buffer"):  # removed: the sampler, not a buffer, orders the examples
     config(shuffle_buffer=16)
 
@@ -281,9 +284,9 @@ def test_verify_images_false_skips_the_prescan(data, tmp_path):
   bad = tmp_path / "broken.jpg"
   bad.write_bytes(b"this is not an image")
   recs = list(data) + [Rec(0, 99, str(bad), "a man")]
-  pipeline = ip.TrainPipeline(recs, config(verify_images=False), 25, seed=0)  # no scan: nothing raised or skipped
+  pipeline = TrainPipeline(recs, config(verify_images=False), 25, seed=0)  # no scan: nothing raised or skipped
   assert (pipeline.num_examples, pipeline.num_skipped) == (25, 0)
-  with pytest.raises(ip.ImageDecodeError, match="broken.jpg"):  # named when the stream reaches it
+  with pytest.raises(ImageDecodeError, match="broken.jpg"):  # named when the stream reaches it
     next(pipeline.iterator())
 
 
@@ -293,17 +296,17 @@ def test_truncated_jpeg_is_named_when_decoding_fails(tmp_path):
   (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[:len(buf.getvalue()) // 2])
   good = write(tmp_path / "ok.png", np.zeros((H, W, 3), np.uint8), "PNG")
   recs = [Rec(0, 0, good, "a man")] * 7 + [Rec(1, 1, str(tmp_path / "cut.jpg"), "a woman")]
-  with pytest.raises(ip.ImageDecodeError, match="cut.jpg"):  # the pre-scan decodes in full
-    ip.train_iterator(recs, config(), 8, seed=0)
-  it = ip.train_iterator(recs, config(verify_images=False), 8, seed=0)
-  with pytest.raises(ip.ImageDecodeError, match="cut.jpg"):  # without it, named when the stream reaches it
+  with pytest.raises(ImageDecodeError, match="cut.jpg"):  # the pre-scan decodes in full
+    train_iterator(recs, config(), 8, seed=0)
+  it = train_iterator(recs, config(verify_images=False), 8, seed=0)
+  with pytest.raises(ImageDecodeError, match="cut.jpg"):  # without it, named when the stream reaches it
     next(it)
-  assert len(take(ip.train_iterator(recs[:-1] * 2, config(skip_corrupt=True), 8, seed=0), 1)) == 1
+  assert len(take(train_iterator(recs[:-1] * 2, config(skip_corrupt=True), 8, seed=0), 1)) == 1
 
 
 def test_missing_record_field_is_named(data):
   with pytest.raises(ValueError, match="record 1 has no field 'caption'"):
-    ip.train_iterator([data[0], {"pid": 0, "image_id": 0, "image_path": data[0].image_path}], config(), 1, seed=0)
+    train_iterator([data[0], {"pid": 0, "image_id": 0, "image_path": data[0].image_path}], config(), 1, seed=0)
 
 
 # ------------------------------------------------------------------------------------------------ samplers

@@ -10,10 +10,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tpsearch_jax import optim
+from tpsearch_jax.training import optim
 
 
-def _config(per_step=False, param_groups=True, lr=1e-5, num_epochs=60):
+def _config(per_step=False, param_groups=optim.IRRA_GROUPS, lr=1e-5, num_epochs=60):
   return ml_collections.ConfigDict(dict(
       optim=dict(name="adam", lr=lr, b1=0.9, b2=0.999, eps=1e-3, weight_decay=4e-5, weight_decay_bias=0.0,
                  lr_factor=5.0, bias_lr_factor=2.0, param_groups=param_groups, grad_clip_norm=0.0),
@@ -52,7 +52,7 @@ def test_schedule_per_step_uses_fractional_epoch():
 
 
 def test_param_group_labels_on_toy_tree():
-  """param_groups=True (legacy run configs) = IRRA's rule of methods.md §4."""
+  """``IRRA_GROUPS`` = IRRA's parameter-group rule (docs/methods.md §4); no rules = one group."""
   x = np.zeros((2, 2), np.float32)
   params = {
       "clip": {"visual": {"proj": x, "ln_post": {"scale": x, "bias": x},
@@ -84,7 +84,7 @@ def test_param_group_labels_on_toy_tree():
   assert flat == want
   labels = optim.param_labels(params, _config().optim)
   assert labels["classifier"]["bias"] == "lr×5 wd0"
-  single = optim.param_groups(params, _config(param_groups=False).optim)
+  single = optim.param_groups(params, _config(param_groups=()).optim)
   assert single["classifier"]["bias"] == (1.0, wd) and single["clip"]["visual"]["proj"] == (1.0, wd)
 
 

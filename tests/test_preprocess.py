@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tpsearch_jax.data import input_pipeline as ip
+from tpsearch_jax.data.pipeline.evaluation import eval_datasets
 from tpsearch_jax.data import preprocess
 
 Split = collections.namedtuple("Split", "name image_pids image_paths caption_pids captions")
@@ -31,7 +31,7 @@ def smooth_image(rng: np.random.Generator, size: tuple[int, int], mode: str = "R
 def pipeline_images(paths: list[str], size=TARGET, normalization="clip") -> np.ndarray:
   split = Split("test", np.arange(len(paths)), paths, np.arange(1), ["a person"])
   config = fx.data_config(image_size=size, num_parallel_calls=2, normalization=normalization)
-  images, _ = ip.eval_datasets(split, config, len(paths))
+  images, _ = eval_datasets(split, config, len(paths))
   return next(iter(images))["images"]
 
 

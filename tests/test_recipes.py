@@ -19,7 +19,7 @@ import dataset_fixtures as fx
 from tpsearch_jax import batch as batch_lib
 from tpsearch_jax import objectives
 from tpsearch_jax.config_files import load_config_module
-from tpsearch_jax.data import input_pipeline as ip
+from tpsearch_jax.data.pipeline.training import train_iterator
 from tpsearch_jax.data import samplers
 from tpsearch_jax.models import build_model, tiny_model_config
 from tpsearch_jax.training import optim
@@ -215,13 +215,13 @@ def test_pipeline_short_batch_carries_the_valid_mask(tmp_path):
     Image.fromarray(fx.image_array(i, (20, 10))).save(path)
     records.append(Rec(i // 2, i, path, f"a person in a red coat number {i}"))
   cfg = fx.data_config(image_size=(16, 8), num_parallel_calls=1, drop_last=False)
-  it = ip.train_iterator(records, cfg, 4, seed=0)
+  it = train_iterator(records, cfg, 4, seed=0)
   assert it.steps_per_epoch == 3
   batches = [next(it) for _ in range(3)]
   assert [b["valid"].tolist() for b in batches] == [[True] * 4, [True] * 4, [True] * 3 + [False]]
   assert not batches[2]["mlm_labels"][3].any() and batches[2]["mlm_labels"][:3].any()
-  full = next(ip.train_iterator(records, fx.data_config(image_size=(16, 8), num_parallel_calls=1), 4, seed=0))
-  assert "valid" not in full and ip.train_iterator(records, fx.data_config(image_size=(16, 8)), 4, 0).steps_per_epoch == 2
+  full = next(train_iterator(records, fx.data_config(image_size=(16, 8), num_parallel_calls=1), 4, seed=0))
+  assert "valid" not in full and train_iterator(records, fx.data_config(image_size=(16, 8)), 4, 0).steps_per_epoch == 2
 
 
 @pytest.mark.parametrize("method", ["irra", "combined"])  # between them every term but ITC (tests/test_loss_masks)

@@ -21,8 +21,8 @@ from tpsearch_jax.training import checkpointing
 from tpsearch_jax import batch as batch_lib
 from tpsearch_jax.training import state as state_lib
 from tpsearch_jax import sharding as shd
-from tpsearch_jax.data.image_stats import CLIP_MEAN, CLIP_STD
-from tpsearch_jax.data.tokenizer import tokenize
+from tpsearch_jax.models.clip.image_stats import CLIP_MEAN, CLIP_STD
+from tpsearch_jax.models.clip.tokenizer import tokenize
 from tpsearch_jax.models import build_model
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs", "synthetic.py")

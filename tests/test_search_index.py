@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tpsearch_jax import search_index
+from tpsearch_jax.search import index as search_index
 
 
 def _reference(emb, ids, queries, k):

@@ -182,7 +182,7 @@ class Evaluator:
     """int64 [n_local]: the global query index of each of this process's valid query rows (the batches' "index")."""
     if any("index" not in b for b in text_batches):
       raise KeyError("query subsets need text batches with an 'index' key (each caption's position in the split, as "
-                     "data.input_pipeline.eval_datasets gives it)")
+                     "data.pipeline.evaluation.eval_datasets gives it)")
     index = np.concatenate([np.asarray(b["index"], np.int64) for b in text_batches])
     return index[np.concatenate([np.asarray(b["valid"], bool) for b in text_batches])]
 

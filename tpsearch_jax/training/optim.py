@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import jax
@@ -94,15 +95,10 @@ def _value(v, optim_config, where: str) -> float:
 
 
 def group_rules(optim_config) -> tuple[tuple[re.Pattern, float, float, str], ...]:
-  """``config.optim.param_groups`` → ((compiled regex, lr multiplier, weight decay, regex text), ...).
-
-  Accepts the legacy booleans of older run configs: True = ``IRRA_GROUPS``, False = one group.
-  """
+  """``config.optim.param_groups`` → ((compiled regex, lr multiplier, weight decay, regex text), ...)."""
   rules = optim_config.param_groups
-  if rules is True:
-    rules = IRRA_GROUPS
-  elif rules is False or rules is None:
-    rules = ()
+  if isinstance(rules, (bool, str)) or not isinstance(rules, Sequence):
+    raise ValueError(f"config.optim.param_groups={rules!r}: expected a sequence of (regex, lr_mult, weight_decay)")
   out = []
   for i, rule in enumerate(rules):
     where = f"config.optim.param_groups[{i}]"

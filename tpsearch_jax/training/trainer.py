@@ -3,7 +3,7 @@
 ``train_and_evaluate(config, workdir)`` trains with periodic evaluation on ``config.eval.select_on``, keeps the last
 N checkpoints and the best one, resumes from ``workdir`` automatically, and ends with an evaluation of the selected
 checkpoint written to ``workdir/results.json``. The state, step and optimizer come from the TF-free library
-(``training.state``, ``training.optim``); the data from ``data.input_pipeline``.
+(``training.state``, ``training.optim``); the data from ``data.pipeline``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ counted per kind and logged, or the error names the flag to set.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -16,21 +15,9 @@ import tensorflow as tf
 from absl import logging
 
 from tpsearch_jax.data import image_check
-from tpsearch_jax.data.image_check import (NUM_CHECK_THREADS, TF_FORMATS, ImageCheck, ImageDecodeError, Opener,
-                                           check_images)
+from tpsearch_jax.data.image_check import ImageCheck, ImageDecodeError
 
-__all__ = ["NUM_CHECK_THREADS", "TF_FORMATS", "BatchIterator", "ImageCheck", "ImageDecodeError", "Opener",
-           "check_images", "screen", "verify_images"]
-
-
-def verify_images(paths: Sequence[str], *, full_decode: bool = True,
-                  num_threads: int = NUM_CHECK_THREADS) -> ImageCheck:
-  """Checks that each distinct file of paths [N] exists and fully decodes as an image TF reads (uncached).
-
-  ``full_decode`` is kept for old callers; the check always decodes (a header passes a truncated JPEG).
-  """
-  del full_decode
-  return check_images(paths, lambda p: p if os.path.isfile(p) else None, num_threads=num_threads)
+__all__ = ["BatchIterator", "screen"]
 
 
 def screen(keys: Sequence[str], config_data: Any, what: str,

@@ -19,7 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from tpsearch_jax.data import image_check, tfds_builders
-from tpsearch_jax.data.pipeline import checks, image_ops
+from tpsearch_jax.data.pipeline import image_ops
 
 
 def decode_problem(encoded: bytes) -> str | None:
@@ -42,9 +42,9 @@ class FolderImages:
   def key(self, path: str) -> str:
     return path
 
-  def check(self, keys: Sequence[str], what: str) -> checks.ImageCheck:
+  def check(self, keys: Sequence[str], what: str) -> image_check.ImageCheck:
     """Full decode of each distinct key (skipped for files unchanged since they last decoded)."""
-    return checks.check_images(keys, lambda p: p if os.path.isfile(p) else None,
+    return image_check.check_images(keys, lambda p: p if os.path.isfile(p) else None,
                                fingerprint=image_check.file_fingerprint, cache=self.cache, what=what)
 
   def read(self, key: tf.Tensor) -> tf.Tensor:
@@ -78,9 +78,9 @@ class TfdsImages:
     data = self.images.get(key)
     return None if data is None else io.BytesIO(data)
 
-  def check(self, keys: Sequence[str], what: str) -> checks.ImageCheck:
+  def check(self, keys: Sequence[str], what: str) -> image_check.ImageCheck:
     """Full decode of each distinct key's bytes (skipped for bytes that decoded before: same length and CRC)."""
-    return checks.check_images(keys, self._open, fingerprint=self._fingerprint, cache=self.cache, what=what,
+    return image_check.check_images(keys, self._open, fingerprint=self._fingerprint, cache=self.cache, what=what,
                                missing=f"not in {self.where}")
 
   def _fingerprint(self, key: str) -> list | None:

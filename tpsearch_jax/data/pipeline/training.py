@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -168,3 +168,26 @@ class TrainPipeline:
     batch_keys = lambda k: self.table.keys[self.local_indices(start_step + k)]  # noqa: E731
     return checks.BatchIterator(self.dataset(start_step).as_numpy_iterator(), batch_keys, self.source.problem,
                                 steps_per_epoch=self.steps_per_epoch, num_examples=self.num_examples)
+
+
+def train_iterator(records: Sequence[Any], config_data: Any, global_batch_size: int, seed: int, start_step: int = 0,
+                   *, process_index: int = 0, process_count: int = 1) -> checks.BatchIterator:
+  """Numpy train batches for steps start_step, start_step + 1, … (``TrainPipeline(...).iterator(start_step)``).
+
+  Batch (B = global_batch_size // process_count): images float32 [B, H, W, 3], caption_ids / mlm_ids / mlm_labels
+  int32 [B, L], pids / image_ids int32 [B]. The iterator also tells ``steps_per_epoch`` and ``num_examples`` (after
+  any skipped files). A file that fails to decode mid-stream raises ``ImageDecodeError`` naming it.
+  """
+  pipeline = TrainPipeline(records, config_data, global_batch_size, seed, process_index=process_index,
+                           process_count=process_count)
+  return pipeline.iterator(start_step)
+
+
+def skipped_by_split(train: TrainPipeline | None = None,
+                     evals: Mapping[str, tuple[Any, Any]] | None = None) -> dict[str, dict[str, int]]:
+  """What the skip rule dropped per split: {"train": {"missing", "corrupt", "captions_dropped"}, "val": {...}, ...}.
+
+  ``train``: a ``TrainPipeline`` (its ``skipped``); ``evals``: split -> (images, texts) ``evaluation.Batches``.
+  """
+  out = {} if train is None else {"train": dict(train.skipped)}
+  return out | {name: dict(batches[0].skipped) for name, batches in (evals or {}).items()}

@@ -2,8 +2,6 @@
 
   python -m tpsearch_jax.models.clip.convert --src=PATH --dst=FILE.msgpack --image_size=384,128
 
-(``python -m tpsearch_jax.checkpoints.convert`` runs the same command.)
-
 PATH: an HF folder (model.safetensors + config.json) or an OpenAI-layout .npz (CLIP). The kind comes from
 config.json's model_type ("clip", "bert", "vit", "resnet"), or ``--kind``. The output loads with ``load_clip`` /
 ``load_bert`` / ``load_vit`` / ``load_resnet50`` (FILE.msgpack) or ``--config.init.clip`` / ``bert`` / ``vit`` /
