@@ -274,6 +274,41 @@ def cmr(vp, tp, y, m=0.2, floor=0.05, score_img=None, score_txt=None, picks=None
   return total
 
 
+def ranking_all_or_hard(v, t, y, m=0.2, mining="batch_all", hinge=None, valid=None):
+  """Batch-all / batch-hard ranking loss over every positive of the identity, summed over anchors of both
+  directions. Positives of a: every b with y_b = y_a (own pair included), negatives y_n ≠ y_a; batch_all: the mean
+  over (p, n) of [m'_a − S_ap + S_an]_+; batch_hard: [m'_a − min_p S_ap + max_n S_an]_+; 0 without a negative.
+  ``valid``: rows left out entirely (the loss of the valid sub-batch)."""
+  keep = list(range(len(y))) if valid is None else [i for i in range(len(y)) if valid[i]]
+  s = cosine_eps(_f64(v)[keep], _f64(t)[keep])
+  y = [y[i] for i in keep]
+  hi = [m] * len(keep) if hinge is None else [hinge[0][i] for i in keep]
+  ht = [m] * len(keep) if hinge is None else [hinge[1][i] for i in keep]
+  total = 0.0
+  for sim, h in ((s, hi), (s.T, ht)):
+    for a in range(len(y)):
+      pos = [p for p in range(len(y)) if y[p] == y[a]]
+      neg = [n for n in range(len(y)) if y[n] != y[a]]
+      if not neg:
+        continue
+      if mining == "batch_all":
+        total += sum(max(h[a] - sim[a, p] + sim[a, n], 0.0) for p in pos for n in neg) / (len(pos) * len(neg))
+      else:
+        total += max(h[a] - min(sim[a, p] for p in pos) + max(sim[a, n] for n in neg), 0.0)
+  return total
+
+
+def cmr_all_or_hard(vp, tp, y, m, floor, score_img, score_txt, mining):
+  """§2.8 margins max(m·score, floor) per anchor and part with ``ranking_all_or_hard`` mining, summed over parts."""
+  vp, tp = _f64(vp), _f64(tp)
+  total = 0.0
+  for i in range(vp.shape[1]):
+    hi = [max(m * score_img[a, i], floor) for a in range(len(y))]
+    ht = [max(m * score_txt[a, i], floor) for a in range(len(y))]
+    total += ranking_all_or_hard(vp[:, i], tp[:, i], y, m, mining, (hi, ht))
+  return total
+
+
 # --------------------------------------------------------------------------------------------------- metrics
 
 
