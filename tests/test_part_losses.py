@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import numpy_reference as ref
-from tpsearch_jax import losses, part_losses
+from tpsearch_jax import losses, objectives, part_losses
 
 RANK = jax.jit(part_losses.ranking_loss, static_argnames=("mining", "reduction"))
 CMR = jax.jit(part_losses.cmr_ranking_loss, static_argnames=("commonality", "mining", "reduction"))
@@ -90,3 +90,23 @@ def test_unknown_mining_or_reduction_names_the_field():
     part_losses.ranking_loss(v, t, y, None, mining="hardest")
   with pytest.raises(ValueError, match="config.loss.ranking_reduction must be one of"):
     part_losses.cmr_ranking_loss(v[:, None], t[:, None], y, None, commonality="freq", reduction="avg")
+
+
+def test_objective_wiring_of_mining_and_reduction():
+  rng = np.random.default_rng(7)
+  b, g, p, d = 8, 2, 3, 6
+  y = np.arange(b, dtype=np.int32) % 3
+  emb = {k: rng.normal(size=(2, b) + s + (d,)).astype(np.float32) for k, s in
+         (("global", ()), ("coarse", (g,)), ("part", (p,)))}
+  outputs = {side: {k: emb[k][i] for k in emb} for i, side in enumerate(("image", "text"))}
+  opts = objectives.LossOptions(triplet=1.0, cmr=1.0, cmr_commonality="freq", cmr_tau=0.2,
+                                ranking_mining="batch_hard", ranking_reduction="mean")
+  _, terms = objectives.compute_losses(outputs, {"pids": y}, opts, jax.random.key(0))
+  pieces = [(emb["global"][0], emb["global"][1])] + [(emb["coarse"][0][:, j], emb["coarse"][1][:, j]) for j in range(g)]
+  want = np.mean([ref.ranking_all_or_hard(v, t, y, 0.2, "batch_hard") / (2 * b) for v, t in pieces])
+  np.testing.assert_allclose(float(terms["triplet"]), want, rtol=1e-5)
+  sc_i, sc_t = ref.commonality_freq(emb["part"][0], y, 0.2), ref.commonality_freq(emb["part"][1], y, 0.2)
+  want = ref.cmr_all_or_hard(emb["part"][0], emb["part"][1], y, 0.2, 0.05, sc_i, sc_t, "batch_hard") / (2 * b * p)
+  np.testing.assert_allclose(float(terms["cmr"]), want, rtol=1e-5)
+  with pytest.raises(ValueError, match="config.loss.ranking_mining"):
+    objectives.check_loss_options(objectives.LossOptions(triplet=1.0, ranking_mining="x"), use_parts=True)

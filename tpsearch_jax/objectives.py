@@ -12,7 +12,9 @@ Wiring:
                     vocabulary projection runs at the labelled positions only (``masked_mlm``, exact) unless
                     ``mlm_head="full"``.
   efa               all L text tokens of ``caption_ids`` vs the image patch tokens (CLS dropped).
-  triplet           summed over the global embedding (when ``global_loss == "triplet"``) and each coarse embedding.
+  triplet           summed over the global embedding (when ``global_loss == "triplet"``) and each coarse embedding
+                    (averaged over them with ``ranking_reduction="mean"``); mining ``ranking_mining``
+                    (``part_losses``).
   cmr               the P part embeddings; the "prob" commonality gets the shared classifier's part logits.
 """
 
@@ -24,7 +26,7 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from tpsearch_jax import losses, masked_mlm
+from tpsearch_jax import losses, masked_mlm, part_losses
 
 LOSS_NAMES = ("sdm", "asdm", "itc", "id", "mlm", "efa", "triplet", "cmr")
 # Terms exact on a batch padded with a "valid" row mask (each equals its value on the valid rows alone): mlm (the
@@ -62,6 +64,10 @@ class LossOptions:
   cmr_commonality: str = "prob"
   cmr_tau: float = 0.5
   global_loss: str = "triplet"  # "sdm": the global embedding leaves the triplet term (trained by sdm/asdm/itc)
+  # triplet and cmr (part_losses): "semi_hard" (lineage: one random semi-hard negative) | "batch_all" | "batch_hard"
+  # (every positive of the identity); "sum" (lineage) over anchors, directions and pieces | "mean" over them
+  ranking_mining: str = "semi_hard"
+  ranking_reduction: str = "sum"
 
   @property
   def needs_classifier(self) -> bool:
@@ -95,6 +101,7 @@ def check_loss_options(loss: LossOptions, use_parts: bool) -> None:
     raise ValueError(f"config.loss: every loss weight is 0 ({weights})")
   if loss.efa_arithmetic not in losses.EFA_ARITHMETIC:
     raise ValueError(f"config.loss.efa_arithmetic must be one of {losses.EFA_ARITHMETIC}, got {loss.efa_arithmetic!r}")
+  part_losses.check_ranking_options(loss.ranking_mining, loss.ranking_reduction)
   if loss.global_loss not in ("triplet", "sdm"):
     raise ValueError(f"config.loss.global_loss must be 'triplet' or 'sdm', got {loss.global_loss!r}")
   if loss.cmr and not use_parts:
@@ -194,14 +201,16 @@ def compute_losses(outputs: Mapping, batch: Mapping[str, jax.Array], loss: LossO
     ranked_v, ranked_t = _ranked_embeddings(img, txt, loss)
     keys = jax.random.split(tri_key, ranked_v.shape[1])
     per_embedding = jax.vmap(
-        lambda v, t, k: losses.triplet_ranking_loss(v, t, pids, k, margin=loss.triplet_margin, valid=valid),
+        lambda v, t, k: part_losses.ranking_loss(v, t, pids, k, margin=loss.triplet_margin,
+                                                 mining=loss.ranking_mining, reduction=loss.ranking_reduction,
+                                                 valid=valid),
         in_axes=(1, 1, 0))(ranked_v, ranked_t, keys)
-    terms["triplet"] = jnp.sum(per_embedding)
+    terms["triplet"] = jnp.mean(per_embedding) if loss.ranking_reduction == "mean" else jnp.sum(per_embedding)
   if loss.cmr:
-    terms["cmr"] = losses.cmr_loss(
+    terms["cmr"] = part_losses.cmr_ranking_loss(
         _f32(img["part"]), _f32(txt["part"]), pids, cmr_key, margin=loss.cmr_margin, floor=loss.cmr_floor,
         commonality=loss.cmr_commonality, image_part_logits=part_logits[0], text_part_logits=part_logits[1],
-        tau=loss.cmr_tau, valid=valid)
+        tau=loss.cmr_tau, mining=loss.ranking_mining, reduction=loss.ranking_reduction, valid=valid)
 
   total = sum(getattr(loss, name) * terms[name] for name in LOSS_NAMES if name in terms)
   return jnp.asarray(total, jnp.float32), terms
