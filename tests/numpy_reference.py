@@ -59,8 +59,19 @@ def sdm(v, t, y, s=50.0, eps=1e-8):
   return r_i2t.mean() + r_t2i.mean()
 
 
-def asdm(v, t, y, s=50.0, alpha=0.1, gap="cosine", eps=1e-8):
-  r_i2t, r_t2i, c, first = sdm_rows(v, t, y, s, eps)
+def asdm(v, t, y, s=50.0, alpha=0.1, gap="cosine", eps=1e-8, weights=None):
+  """weights: (w_i2t, w_t2i) [B] each to use instead of the ones of (v, t) (a derivative through the row KLs only,
+  i.e. what a detached weight would give); None computes them from (v, t)."""
+  r_i2t, r_t2i, _, _ = sdm_rows(v, t, y, s, eps)
+  if weights is not None:
+    return np.mean(_f64(weights[0]) * r_i2t) + np.mean(_f64(weights[1]) * r_t2i)
+  w_i2t, w_t2i = asdm_weights(v, t, y, s, alpha, gap, eps)
+  return np.mean(w_i2t * r_i2t) + np.mean(w_t2i * r_t2i)
+
+
+def asdm_weights(v, t, y, s=50.0, alpha=0.1, gap="cosine", eps=1e-8):
+  """(w_i2t [B], w_t2i [B]) of A-SDM: 1 + α·gap per row of the direction's cosine matrix."""
+  _, _, c, first = sdm_rows(v, t, y, s, eps)
   b = len(y)
 
   def weight(cmat, i):
@@ -73,9 +84,7 @@ def asdm(v, t, y, s=50.0, alpha=0.1, gap="cosine", eps=1e-8):
       g = p.max() - p[i]
     return 1.0 + alpha * g
 
-  w_i2t = np.array([weight(c.T, i) for i in range(b)])
-  w_t2i = np.array([weight(c, i) for i in range(b)])
-  return np.mean(w_i2t * r_i2t) + np.mean(w_t2i * r_t2i)
+  return np.array([weight(c.T, i) for i in range(b)]), np.array([weight(c, i) for i in range(b)])
 
 
 def _ce(logits, label):
@@ -307,6 +316,43 @@ def cmr_all_or_hard(vp, tp, y, m, floor, score_img, score_txt, mining):
     ht = [max(m * score_txt[a, i], floor) for a in range(len(y))]
     total += ranking_all_or_hard(vp[:, i], tp[:, i], y, m, mining, (hi, ht))
   return total
+
+
+# --------------------------------------------------------------------------------------------------- derivatives
+
+
+def central_difference(f, x, h=1e-6):
+  """∂f/∂x [x.shape] of a scalar float64 function by central differences (step h on each entry of x)."""
+  x = _f64(x)
+  g = np.zeros_like(x)
+  for idx in np.ndindex(x.shape):
+    up, down = x.copy(), x.copy()
+    up[idx] += h
+    down[idx] -= h
+    g[idx] = (f(up) - f(down)) / (2 * h)
+  return g
+
+
+def foreground_stripes(memory, fg, rows, cols, parts, features="signed"):
+  """Park et al. image parts: memory [B, rows·cols, W] (row-major), map fg [B, rows·cols] → [B, parts, W], the max
+  over each of ``parts`` horizontal stripes (stripe i: rows ⌊i·rows/parts⌋ … ⌊(i+1)·rows/parts⌋ − 1) of fg·M
+  ("signed") or fg·(M − m) + m with m each image's per-channel minimum over all positions ("shifted")."""
+  memory, fg = _f64(memory), _f64(fg)
+  b, _, w = memory.shape
+  out = np.zeros((b, parts, w))
+  for a in range(b):
+    low = memory[a].min(axis=0)
+    for i in range(parts):
+      r0, r1 = i * rows // parts, (i + 1) * rows // parts
+      for c in range(w):
+        vals = []
+        for r in range(r0, r1):
+          for q in range(cols):
+            n = r * cols + q
+            x = memory[a, n, c]
+            vals.append(fg[a, n] * x if features == "signed" else fg[a, n] * (x - low[c]) + low[c])
+        out[a, i, c] = max(vals)
+  return out
 
 
 # --------------------------------------------------------------------------------------------------- metrics

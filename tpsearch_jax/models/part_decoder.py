@@ -7,14 +7,19 @@ to M_v or M_t → coarse embeddings C [B, N_D, W].
 
 Foreground map: the image cross-attention weights (softmax over the N keys, so each row sums to 1) averaged over
 layers, heads and queries sum to 1 over the N positions; they are multiplied by N so that the mean weight is 1 and
-uniform attention leaves M_v unchanged. Gradient flows through the map.
+uniform attention leaves M_v unchanged. Gradient flows through the map unless ``foreground_grad="stop"``;
+``foreground_features="shifted"`` weights M_v − min_c (each channel's minimum over the positions, so the weighted
+features are non-negative) and adds min_c back, so a down-weighted position falls to the channel's minimum instead of
+0 (with signed features a map peaked on the person turns a channel that is negative there into the background's 0).
 
 Image parts: (map ⊙ M_v) reshaped to the gh×gw grid, rows split into P horizontal stripes (``stripe_bounds``), each
 max-pooled → f_v [B, P, W]. Text parts: P further learnable tokens decoded by the same decoder on M_t → f_t [B, P, W];
 token i pairs with stripe i (top to bottom). They run in the same decoder pass as the coarse queries, with the query
 self-attention kept within each group, which equals two separate runs.
 
-Decoder layer (pre-LN): q += CrossAttn(LN(q), LN(M)); q += SelfAttn(LN(q)); q += MLP(LN(q)); final LayerNorm. The
+Decoder layer (pre-LN): q += CrossAttn(LN(q), LN_kv(M)); q += SelfAttn(LN(q)); q += MLP(LN(q)); final LayerNorm.
+LN_kv is one LayerNorm for both modalities (``kv_norm="shared"``) or one per modality (``"modality"``: PLOT's
+template, parameters ``ln_kv_image`` / ``ln_kv_text``). The
 attention is written out here (einsum + softmax) so its weights are available for the map.
 """
 
@@ -41,6 +46,16 @@ class PartOptions:
   decoder_layers: int = 1
   heads: int = 8
   foreground: bool = True  # False: stripes pool M_v without the foreground re-weighting (ablation)
+  kv_norm: str = "shared"  # decoder K/V LayerNorm: "shared" by both modalities | "modality": one per modality
+  foreground_grad: str = "through"  # "through": gradient flows through the map | "stop": stop-gradient on the map
+  foreground_features: str = "signed"  # "signed": map ⊙ M_v | "shifted": map ⊙ (M_v − min) + min per channel
+
+  def check(self) -> None:
+    """Raises ValueError naming the config field of an unknown choice."""
+    for field, choices in (("kv_norm", ("shared", "modality")), ("foreground_grad", ("through", "stop")),
+                           ("foreground_features", ("signed", "shifted"))):
+      if getattr(self, field) not in choices:
+        raise ValueError(f"config.model.part.{field} must be one of {choices}, got {getattr(self, field)!r}")
 
 
 def stripe_bounds(rows: int, parts: int) -> tuple[tuple[int, int], ...]:
@@ -59,6 +74,16 @@ def foreground_map(weights: jax.Array) -> jax.Array:
   """Cross-attention weights [layers, B, heads, Q, N] (rows sum to 1) → per-position weights [B, N], mean 1."""
   n = weights.shape[-1]
   return jnp.mean(weights.astype(jnp.float32), axis=(0, 2, 3)) * n
+
+
+def weight_features(memory: jax.Array, fg: jax.Array, features: str = "signed") -> jax.Array:
+  """memory [B, N, W], map fg f32 [B, N] → weighted features [B, N, W]: fg ⊙ M ("signed") or
+  fg ⊙ (M − min_n M) + min_n M ("shifted", min over the N positions per image and channel)."""
+  w = fg[..., None].astype(memory.dtype)
+  if features == "shifted":
+    low = jnp.min(memory, axis=1, keepdims=True)
+    return (memory - low) * w + low
+  return memory * w
 
 
 def stripe_max(x: jax.Array, grid: tuple[int, int], parts: int) -> jax.Array:
@@ -102,11 +127,13 @@ class DecoderLayer(nn.Module):
   width: int
   heads: int
   dtype: Any = jnp.float32
+  kv_norm: str = "shared"
 
   @nn.compact
-  def __call__(self, q, memory, valid=None, self_mask=None):
+  def __call__(self, q, memory, valid=None, self_mask=None, modality: str = "image"):
     ln = lambda name: nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name=name)  # noqa: E731
-    y, weights = Attention(self.width, self.heads, self.dtype, name="cross_attn")(ln("ln_q")(q), ln("ln_kv")(memory),
+    kv_name = "ln_kv" if self.kv_norm == "shared" else f"ln_kv_{modality}"
+    y, weights = Attention(self.width, self.heads, self.dtype, name="cross_attn")(ln("ln_q")(q), ln(kv_name)(memory),
                                                                                   valid)
     q = q + y
     y = ln("ln_self")(q)
@@ -125,9 +152,10 @@ class Decoder(nn.Module):
   layers: int
   heads: int
   dtype: Any = jnp.float32
+  kv_norm: str = "shared"
 
   @nn.compact
-  def __call__(self, queries, memory, valid=None, groups: tuple[int, ...] | None = None):
+  def __call__(self, queries, memory, valid=None, groups: tuple[int, ...] | None = None, modality: str = "image"):
     q = jnp.broadcast_to(queries.astype(self.dtype), (memory.shape[0],) + queries.shape)
     self_mask = None
     if groups is not None:
@@ -137,7 +165,8 @@ class Decoder(nn.Module):
       self_mask = jnp.asarray(gid[:, None] == gid[None, :])
     all_weights = []
     for i in range(self.layers):
-      q, w = DecoderLayer(self.width, self.heads, self.dtype, name=f"layers_{i}")(q, memory, valid, self_mask)
+      q, w = DecoderLayer(self.width, self.heads, self.dtype, self.kv_norm, name=f"layers_{i}")(
+          q, memory, valid, self_mask, modality)
       all_weights.append(w)
     return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_post")(q), jnp.stack(all_weights)
 
@@ -176,6 +205,7 @@ class PartModel(nn.Module):
   def setup(self):
     o, (gh, gw) = self.options, self.grid
     stripe_bounds(gh, o.num_parts)  # fail at build time on an impossible split
+    o.check()
     init = nn.initializers.normal(0.02)
     self.image_pos_embed = self.param("image_pos_embed", init, (gh * gw, self.width))
     self.coarse_queries = self.param("coarse_queries", init, (o.num_queries, self.width))
@@ -184,7 +214,7 @@ class PartModel(nn.Module):
                attention_impl=self.attention_impl)
     self.image_encoder = Encoder(**enc)
     self.text_encoder = Encoder(**enc)
-    self.decoder = Decoder(self.width, o.decoder_layers, o.heads, self.dtype)
+    self.decoder = Decoder(self.width, o.decoder_layers, o.heads, self.dtype, o.kv_norm)
 
   def encode_image(self, patches: jax.Array) -> dict[str, jax.Array]:
     """patches [B, gh·gw, W] → {"coarse": [B, N_D, W], "part": [B, P, W], "foreground": f32 [B, gh·gw]}."""
@@ -193,12 +223,15 @@ class PartModel(nn.Module):
       raise ValueError(f"part model expects {gh * gw} image patches ({gh}x{gw} grid), got {patches.shape[1]}")
     memory = self.image_encoder(patches.astype(self.dtype) + self.image_pos_embed.astype(self.dtype))
     self.sow("intermediates", "image_memory", memory)
-    coarse, weights = self.decoder(self.coarse_queries, memory)
-    if self.options.foreground:
+    coarse, weights = self.decoder(self.coarse_queries, memory, modality="image")
+    o = self.options
+    if o.foreground:
       fg = foreground_map(weights)
+      if o.foreground_grad == "stop":
+        fg = jax.lax.stop_gradient(fg)
     else:
       fg = jnp.ones(memory.shape[:2], jnp.float32)
-    parts = stripe_max(memory * fg[..., None].astype(self.dtype), self.grid, self.options.num_parts)
+    parts = stripe_max(weight_features(memory, fg, o.foreground_features), self.grid, o.num_parts)
     return {"coarse": coarse, "part": parts, "foreground": fg}
 
   def encode_text(self, tokens: jax.Array, valid: jax.Array) -> dict[str, jax.Array]:
@@ -206,5 +239,6 @@ class PartModel(nn.Module):
     memory = self.text_encoder(tokens, valid)
     nq, n_parts = self.options.num_queries, self.options.num_parts
     queries = jnp.concatenate([self.coarse_queries, self.part_queries], axis=0)
-    out, _ = self.decoder(queries, memory, valid, groups=(nq, n_parts))  # = two separate decoder runs, one pass
+    out, weights = self.decoder(queries, memory, valid, groups=(nq, n_parts), modality="text")
+    self.sow("intermediates", "text_attention", weights)  # [layers, B, heads, N_D + P, L] (binding metrics)
     return {"coarse": out[:, :nq], "part": out[:, nq:]}
