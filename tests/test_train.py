@@ -136,6 +136,30 @@ def test_step_on_8_devices_equals_step_on_1_device(tiny):
   assert max(jax.tree.leaves(moved)) > 1e-4
 
 
+def test_padded_short_batch_step_on_8_devices_equals_the_short_batch_on_1_device(tiny):
+  """data.drop_last=False: the short last batch (11 rows) padded to 16 with repeats of its rows and a "valid" mask,
+  sharded over 8 devices, takes the same step as the 11 rows alone on one device."""
+  c, model, tx = tiny["config"], tiny["model"], tiny["tx"]
+  n = 11
+  full = random_batch(c, 16, seed=7)
+  short = {k: v[:n] for k, v in full.items()}
+  rows = np.arange(16) % n  # samplers.StepIndexer.global_batch: the short batch cycled to B rows
+  padded = {k: v[rows] for k, v in short.items()} | {"valid": np.arange(16) < n}
+  want, want_metrics = tiny["step1"](jax.device_put(tiny["host_state"], tiny["sh1"]), short)
+  mesh8 = shd.create_mesh()
+  _, _, sh8 = state_lib.abstract_train_state(c, model, mesh8)
+  got, got_metrics = state_lib.make_train_step(c, model, tx, mesh8, sh8)(jax.device_put(tiny["host_state"], sh8),
+                                                                         padded)
+  assert len(jax.tree.leaves(got.params)[0].sharding.device_set) == 8
+  np.testing.assert_allclose(float(got_metrics["loss"]), float(want_metrics["loss"]), rtol=1e-5)
+  unpadded_loss = float(tiny["step1"](jax.device_put(tiny["host_state"], tiny["sh1"]),
+                                      {k: v for k, v in padded.items() if k != "valid"})[1]["loss"])
+  assert not np.isclose(unpadded_loss, float(want_metrics["loss"]), rtol=1e-3), "the padding rows change nothing"
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(jax.device_get(got.params)),
+                          jax.tree.leaves(jax.device_get(want.params))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=3e-5, err_msg=jax.tree_util.keystr(path))
+
+
 def test_loss_falls_on_a_fixed_batch(tiny):
   batch = random_batch(tiny["config"], 16, seed=3)
   _, losses = _run(tiny["step1"], jax.device_put(tiny["host_state"], tiny["sh1"]), [batch] * 20)
@@ -200,38 +224,60 @@ def test_cuhk_recipe_end_to_end_and_eval_mode(tmp_path):
       assert again["splits"][split][k] == on_disk["splits"][split][k], (split, k)
 
 
-def _final_state(workdir, config):
+def _final_state(workdir, config, steps_per_epoch=1):
   c = config_checks.resolve_config(config, num_classes=3)
   model = build_model(c)
-  abstract, _, _ = state_lib.abstract_train_state(c, model, shd.create_mesh(), steps_per_epoch=1)
+  abstract, _, _ = state_lib.abstract_train_state(c, model, shd.create_mesh(), steps_per_epoch=steps_per_epoch)
   ckpt = checkpointing.Checkpointer(workdir, async_save=False)
   state, meta = ckpt.restore(abstract)
   ckpt.close()
   return jax.device_get(state), meta
 
 
-@pytest.mark.slow
-def test_resume_after_sigterm_equals_uninterrupted_run(tmp_path):
-  root = dataset_fixtures.write_cuhk(str(tmp_path / "data"))
-  overrides = {"schedule.num_epochs": 4, "eval.select_on": "none", "eval.splits": ("test",),
-               "train.checkpoint_every_steps": 3}
-  straight = str(tmp_path / "straight")
-  trainer.train_and_evaluate(_cuhk_config(root, **overrides), straight)
+class _Killed(Exception):
+  """Stands for a process killed between two checkpoints (what it computed after the last one is lost)."""
 
-  def sigterm_after_step_2(step):
-    if step == 2:
+
+@pytest.mark.slow
+def test_resume_inside_an_epoch_after_sigterm_and_after_a_kill_equals_the_uninterrupted_run(tmp_path):
+  """drop_last=False gives 2 steps per epoch (9 captions, batch 8: the second batch padded), so both interruptions
+  fall inside an epoch: SIGTERM after step 1 (saved by the stop, not by the schedule), then a kill during step 5 after
+  the scheduled checkpoint of step 3. Each rerun starts at the saved step (sampler position, schedule, RNG) and the
+  end state is equal, bit for bit, to the run that was never interrupted."""
+  root = dataset_fixtures.write_cuhk(str(tmp_path / "data"))
+  overrides = {"schedule.num_epochs": 3, "eval.select_on": "none", "eval.splits": ("test",),
+               "train.checkpoint_every_steps": 3, "data.drop_last": False, "train.keep_checkpoints": 10}
+  config = lambda: _cuhk_config(root, **overrides)  # noqa: E731
+  straight = str(tmp_path / "straight")
+  trainer.train_and_evaluate(config(), straight)
+
+  seen = []
+
+  def sigterm_after_step_1(step):
+    seen.append(step)
+    if step == 1:
       os.kill(os.getpid(), signal.SIGTERM)
 
-  interrupted = str(tmp_path / "interrupted")
-  out = trainer.train_and_evaluate(_cuhk_config(root, **overrides), interrupted, callbacks=[sigterm_after_step_2])
-  assert out == {"preempted": True, "step": 2}
-  assert sorted(os.listdir(os.path.join(interrupted, "checkpoints"))) == ["2"]  # saved on SIGTERM, not by schedule
-  assert not os.path.exists(os.path.join(interrupted, "results.json"))
-  trainer.train_and_evaluate(_cuhk_config(root, **overrides), interrupted)  # resumes at step 2
+  def killed_in_step_5(step):
+    seen.append(step)
+    if step == 5:
+      raise _Killed
 
-  want, want_meta = _final_state(straight, _cuhk_config(root, **overrides))
-  got, got_meta = _final_state(interrupted, _cuhk_config(root, **overrides))
-  assert got_meta["step"] == want_meta["step"] == 4 and got_meta["data_position"] == 4
+  interrupted = str(tmp_path / "interrupted")
+  assert trainer.train_and_evaluate(config(), interrupted, callbacks=[sigterm_after_step_1]) == {
+      "preempted": True, "step": 1}
+  assert sorted(os.listdir(os.path.join(interrupted, "checkpoints"))) == ["1"]
+  with pytest.raises(_Killed):
+    trainer.train_and_evaluate(config(), interrupted, callbacks=[killed_in_step_5])
+  assert sorted(os.listdir(os.path.join(interrupted, "checkpoints"))) == ["1", "3"]
+  assert not os.path.exists(os.path.join(interrupted, "results.json"))
+  trainer.train_and_evaluate(config(), interrupted, callbacks=[seen.append])
+  assert seen == [1, 2, 3, 4, 5, 4, 5, 6]  # each rerun starts after its newest checkpoint
+
+  want, want_meta = _final_state(straight, config(), steps_per_epoch=2)
+  got, got_meta = _final_state(interrupted, config(), steps_per_epoch=2)
+  assert got_meta["step"] == want_meta["step"] == 6 and got_meta["data_position"] == 6
+  assert got_meta["steps_per_epoch"] == 2
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
   res_a = json.load(open(os.path.join(straight, "results.json")))["splits"]["test"]
