@@ -302,6 +302,7 @@ def test_compute_losses_on_a_padded_batch_equals_the_unpadded_batch():
     total, terms = fn(out, batch)
     total_pad, terms_pad = fn(out_pad, batch_pad)
     assert set(terms) == set(terms_pad) and {"img_acc", "txt_acc", "mlm_acc"} <= set(terms)
+    assert set(objectives.VALID_MASK_TERMS) <= set(terms)  # every term that claims the mask is checked here
     for name in terms:
       np.testing.assert_allclose(terms_pad[name], terms[name], rtol=RTOL, err_msg=name)
     np.testing.assert_allclose(total_pad, total, rtol=RTOL)
@@ -311,3 +312,24 @@ def test_compute_losses_on_a_padded_batch_equals_the_unpadded_batch():
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
       g = np.asarray(g)
       assert np.all(np.isfinite(g)) and not np.any(g[~valid]), jax.tree_util.keystr(path)
+
+
+def test_a_masked_batch_is_refused_when_an_active_term_does_not_honour_the_mask(monkeypatch):
+  """The refusal of compute_losses: with EFA taken off the list (as a new term would be), a padded batch with EFA on
+  raises naming it and the fix; the same batch trains when EFA is off, and an unpadded batch always does."""
+  n, b = 6, 8
+  out = _outputs(3, n)
+  (gv, gt), pids, valid = _pad((out["image"]["global"], out["text"]["global"]), np.arange(n, dtype=np.int32) % 3,
+                               "repeat", b)
+  tokens_v, tokens_t = (np.resize(x, (b,) + x.shape[1:]) for x in (out["image"]["tokens"], out["text"]["tokens"]))
+  padded = {"image": {"global": gv, "tokens": tokens_v}, "text": {"global": gt, "tokens": tokens_t}}
+  batch = {"pids": pids, "valid": valid, "caption_ids": np.ones((b, tokens_t.shape[1]), np.int32)}
+  key = jax.random.key(0)
+  monkeypatch.setattr(objectives, "VALID_MASK_TERMS", tuple(n for n in objectives.VALID_MASK_TERMS if n != "efa"))
+  with pytest.raises(NotImplementedError, match=r"\['efa'\] do not honour it.*drop_last=True"):
+    objectives.compute_losses(padded, batch, objectives.LossOptions(sdm=1.0, efa=1.0), key)
+  _, terms = objectives.compute_losses(padded, batch, objectives.LossOptions(sdm=1.0), key)
+  np.testing.assert_allclose(terms["sdm"], ref.sdm(gv[valid], gt[valid], pids[valid]), rtol=RTOL)
+  unpadded = {k: v for k, v in batch.items() if k != "valid"}
+  assert set(objectives.compute_losses(padded, unpadded, objectives.LossOptions(sdm=1.0, efa=1.0), key)[1]) == {
+      "sdm", "efa"}

@@ -30,9 +30,10 @@ from tpsearch_jax import losses, masked_mlm, part_losses
 
 LOSS_NAMES = ("sdm", "asdm", "itc", "id", "mlm", "efa", "triplet", "cmr")
 # Terms exact on a batch padded with a "valid" row mask (each equals its value on the valid rows alone): mlm (the
-# padding rows' labels are zeroed), every other term through its ``valid=`` argument. compute_losses refuses a masked
-# batch when an active term is missing here, so a new term cannot silently train on the padding rows.
-VALID_MASK_TERMS = LOSS_NAMES
+# padding rows' labels are zeroed), every other term through its ``valid=`` argument. Listed by name, not derived
+# from LOSS_NAMES: compute_losses refuses a masked batch when an active term is missing here, so a new term cannot
+# silently train on the padding rows (tests/test_loss_masks.py checks each listed term on a padded batch).
+VALID_MASK_TERMS = ("sdm", "asdm", "itc", "id", "mlm", "efa", "triplet", "cmr")
 
 
 @dataclasses.dataclass(frozen=True)
