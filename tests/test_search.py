@@ -235,7 +235,8 @@ def test_cli_query_batch_grid_and_explain(run_dir, tmp_path, capsys):
   finally:
     FLAGS.unparse_flags()
   printed = capsys.readouterr().out
-  assert all(s in printed for s in SENTENCES) and printed.count("Σ w·cos / 1: global") == 9
+  assert all(s in printed for s in SENTENCES) and printed.count("phrases (score drop without): ") == 9
+  assert printed.count("  [read ") == 3 and "Σ w·cos" not in printed  # one piece: nothing to split
   with Image.open(out) as im:
     assert im.width >= 3 * 20 and im.height >= 3 * 160  # 3 rows of 3 results, 160 px high
 

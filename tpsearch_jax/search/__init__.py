@@ -6,6 +6,7 @@ grid, the web server and the CLI.
 
 from tpsearch_jax.search.library import (FORMAT_VERSION, INDEX_EMB, INDEX_FOREGROUND, INDEX_META,  # noqa: F401
                                          INDEX_PATHS, INDEX_SKIPPED, INDEX_STATS, IMAGE_EXTENSIONS,
-                                         BadIndex, FingerprintMismatch, build, encode_images, encode_texts,
-                                         find_images, fingerprint, load_image, load_pinned_run, load_run, read_index)
+                                         BadIndex, FingerprintMismatch, build, find_images, fingerprint,
+                                         load_pinned_run, load_run, read_index)
+from tpsearch_jax.search.encoding import BadImages, encode_images, encode_texts, load_image  # noqa: F401
 from tpsearch_jax.search.searcher import Hit, Searcher, query  # noqa: F401

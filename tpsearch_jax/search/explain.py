@@ -97,7 +97,7 @@ def explanation(text_vec: np.ndarray, image_vecs: np.ndarray, layout: Layout) ->
   return out
 
 
-def _heat(x: np.ndarray) -> np.ndarray:
+def heat(x: np.ndarray) -> np.ndarray:
   """Values in [0, 1] [...] → uint8 RGB [..., 3] on a dark-blue → red → yellow ramp."""
   x = np.clip(x, 0, 1)[..., None]
   stops = np.asarray([[20, 20, 90], [200, 30, 30], [255, 230, 40]], np.float64)
@@ -115,8 +115,8 @@ def overlay(image: Image.Image, foreground: np.ndarray, layout: Layout, stripe_c
   base = image.convert("RGB").resize((w, height), Image.BILINEAR)
   fg = np.asarray(foreground, np.float64).reshape(gh, gw)
   fg = fg / fg.max() if fg.max() > 0 else fg
-  heat = Image.fromarray(_heat(fg)).resize((w, height), Image.NEAREST)
-  out = Image.blend(base, heat, alpha)
+  heat_map = Image.fromarray(heat(fg)).resize((w, height), Image.NEAREST)
+  out = Image.blend(base, heat_map, alpha)
   draw = ImageDraw.Draw(out)
   for i, (a, _) in enumerate(layout.stripes):
     y0 = round(a * height / gh)

@@ -16,25 +16,18 @@ No TensorFlow.
 
 from __future__ import annotations
 
-import concurrent.futures
-import functools
 import hashlib
 import json
 import os
 import shlex
-import sys
 from typing import Sequence
 
 import jax
 import numpy as np
 from absl import logging
-from tqdm import tqdm
 
-from tpsearch_jax import sharding as shd
 from tpsearch_jax import user_errors
-from tpsearch_jax.data import preprocess
-from tpsearch_jax.models.clip import tokenizer
-from tpsearch_jax.search import explain
+from tpsearch_jax.search import encoding, explain
 from tpsearch_jax.training import checkpointing as ckpt_lib
 from tpsearch_jax.training import runs
 
@@ -43,8 +36,6 @@ INDEX_META, INDEX_EMB, INDEX_PATHS = "index.json", "embeddings.npy", "paths.json
 INDEX_STATS, INDEX_FOREGROUND, INDEX_SKIPPED = "stats.npy", "foreground.npy", "skipped.json"
 CHECKSUMMED = (INDEX_EMB, INDEX_PATHS, INDEX_STATS, INDEX_FOREGROUND)
 FORMAT_VERSION = 3
-
-load_image = preprocess.load_eval_image
 
 
 class FingerprintMismatch(user_errors.UserError):
@@ -157,84 +148,6 @@ def file_stats(paths: Sequence[str]) -> np.ndarray:
   return out
 
 
-@functools.lru_cache(maxsize=8)
-def image_encoder(model, mesh):
-  """jit(params, images [B, H, W, 3]) → (retrieval vectors f32 [B, D], foreground f32 [B, N] or None), replicated.
-
-  One per (model, mesh): indexing again in the same process compiles nothing."""
-
-  def fn(module, x):
-    emb = module.image_embeddings(x)
-    return module._retrieval_vector(emb), emb.get("foreground")  # pylint: disable=protected-access
-
-  return jax.jit(lambda p, x: model.apply({"params": p}, x, method=fn), out_shardings=shd.replicated(mesh))
-
-
-@functools.lru_cache(maxsize=8)
-def text_encoder(model, mesh):
-  """jit(params, ids int [B, L]) → retrieval vectors f32 [B, D], replicated (one per model and mesh)."""
-  return jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode_texts"), out_shardings=shd.replicated(mesh))
-
-
-def encode_images(model, mesh, params, paths: Sequence[str], image_size, batch_size: int, skip_bad: bool,
-                  progress: bool = False, normalization: str = "clip"):
-  """Image files → (f32 [n, D] vectors, f32 [n, N] foreground or None, kept paths [n], bad [(path, error)]).
-
-  An unreadable file raises ValueError naming it unless ``skip_bad``. ``progress``: a progress bar on stderr.
-  """
-  batch_size = -(-batch_size // mesh.size) * mesh.size
-  encode = image_encoder(model, mesh)
-  h, w = image_size
-  embs, fgs, kept, bad = [], [], [], []
-  bar = tqdm(total=len(paths), unit="img", desc="encoding", file=sys.stderr, disable=not progress)
-  with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
-    for start in range(0, len(paths), batch_size):
-      chunk = paths[start:start + batch_size]
-      futures = [pool.submit(load_image, p, image_size, normalization) for p in chunk]
-      images, ok = [], []
-      for p, fut in zip(chunk, futures):
-        try:
-          images.append(fut.result())
-          ok.append(p)
-        except Exception as e:  # pylint: disable=broad-except  (PIL raises many types for bad files)
-          if not skip_bad:
-            bar.close()
-            raise user_errors.UserError(f"cannot read image {p!r}: {e} (fix or remove it, or pass --skip_bad to skip "
-                                        "unreadable files)") from e
-          bad.append((p, f"{type(e).__name__}: {e}"))
-      bar.update(len(chunk))
-      if not images:
-        continue
-      x = np.zeros((batch_size, h, w, 3), np.float32)
-      x[:len(images)] = np.stack(images)
-      vec, fg = encode(params, shd.to_global({"images": x}, mesh)["images"])
-      embs.append(np.asarray(vec)[:len(images)])
-      if fg is not None:
-        fgs.append(np.asarray(fg)[:len(images)])
-      kept.extend(ok)
-      if not progress:
-        logging.log_every_n_seconds(logging.INFO, "encoded %d / %d images", 10, start + len(chunk), len(paths))
-  bar.close()
-  if bad:
-    logging.warning("skipped %d unreadable image(s); first: %s", len(bad), bad[:5])
-  emb = np.concatenate(embs).astype(np.float32) if embs else None
-  fg = np.concatenate(fgs).astype(np.float32) if fgs else None
-  return emb, fg, kept, bad
-
-
-def encode_texts(model, mesh, params, sentences: Sequence[str], context_length: int, encoder=None,
-                 tokenize=tokenizer.tokenize) -> np.ndarray:
-  """Sentences → float32 [n, D] L2-normalised retrieval vectors (``encoder``: a ``text_encoder`` to reuse;
-  ``tokenize``: the run's caption tokenizer, ``text_tokenizers.caption_tokenizer(config.data)``)."""
-  ids = tokenize(list(sentences), context_length)
-  n = len(ids)
-  padded = -(-n // mesh.size) * mesh.size
-  ids = np.concatenate([ids, np.zeros((padded - n, ids.shape[1]), ids.dtype)]) if padded > n else ids
-  encoder = text_encoder(model, mesh) if encoder is None else encoder
-  out = encoder(params, shd.to_global({"ids": ids}, mesh)["ids"])
-  return np.asarray(out)[:n].astype(np.float32)
-
-
 def file_sha256(path: str) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:
@@ -328,12 +241,14 @@ def _save_json(index_dir: str, name: str, value) -> None:
 
 
 def build(workdir: str, images: str, index_dir: str, checkpoint: str = "auto", batch_size: int = 64,
-          skip_bad: bool = False, progress: bool = False) -> dict:
-  """Encodes the new or changed images under ``images`` with the run in ``workdir`` (all of them when the index was
+          skip_bad: bool = False, progress: bool = False, paths: Sequence[str] | None = None,
+          dataset: dict | None = None) -> dict:
+  """Encodes the new or changed images under ``images`` (or exactly ``paths`` [n] inside it: a dataset split,
+  recorded as ``dataset`` {"name", "root", "split"}) with the run in ``workdir`` (all of them when the index was
   built by another run) and writes the index folder; returns its metadata (+ "num_encoded", "skipped")."""
   run = runs.load_run(workdir, checkpoint)
   fp, root = fingerprint(run, workdir, text_dim(run)), os.path.abspath(images)
-  paths = find_images(root)
+  paths = find_images(root) if paths is None else sorted(dict.fromkeys(os.path.abspath(p) for p in paths))
   stats = file_stats(paths)
   old = _reusable(index_dir, fp, root)
   todo = [p for p, st in zip(paths, stats) if p not in old or not np.array_equal(old[p][0], st)]
@@ -341,8 +256,9 @@ def build(workdir: str, images: str, index_dir: str, checkpoint: str = "auto", b
   logging.info("%d images under %s: %d to encode, %d already in the index", len(paths), root, len(todo),
                len(paths) - len(todo))
   normalization = run.config.data.get("normalization", "clip")  # runs from before the field: CLIP's
-  new_emb, new_fg, kept, bad = (encode_images(run.model, run.mesh, run.params, todo, image_size, batch_size, skip_bad,
-                                              progress, normalization) if todo else (None, None, [], []))
+  new_emb, new_fg, kept, bad = (encoding.encode_images(run.model, run.mesh, run.params, todo, image_size, batch_size,
+                                                       skip_bad, progress, normalization)
+                                if todo else (None, None, [], []))
   fresh, changed = {p: i for i, p in enumerate(kept)}, set(todo)
   rows, emb, fg = [], [], []
   for i, p in enumerate(paths):
@@ -375,6 +291,8 @@ def build(workdir: str, images: str, index_dir: str, checkpoint: str = "auto", b
           "num_skipped": len(bad), "dim": fp["dim"], "method": run.config.model.name,
           "image_size": list(image_size), "context_length": int(run.config.data.context_length),
           "layout": layout.to_json(), "sha256": {n: file_sha256(os.path.join(index_dir, n)) for n in written}}
+  if dataset:
+    meta["dataset"] = dataset
   _save_json(index_dir, INDEX_META, meta)
   logging.info("Indexed %d images (%d encoded now, %d skipped) into %s", len(rows), len(kept), len(bad), index_dir)
   return dict(meta, num_encoded=len(kept), skipped=bad)
