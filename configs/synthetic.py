@@ -5,9 +5,10 @@ The dataset (1,000 identities: 960 train, 20 val, 20 test, 4 images each) is gen
 keep one run within minutes on a 2-core CPU; the recipe keeps the reference parameter groups and warm-up + cosine
 schedule, with lr 1e-3, Adam eps 1e-8, no image augmentation and identity-balanced batches, as the towers start from
 random weights (docs/study_synthetic.md). ``make demo`` is the ``demo`` run: ``clip`` (SDM only, the study's best
-method for a CPU budget) with the changes of ``DEMO`` that the study's recipe search found (§1.3):
+method for a CPU budget) with the changes of ``DEMO`` that the study's recipe search found (§3.3):
 
     python -m tpsearch_jax.main --config=configs/synthetic.py:demo --workdir=/tmp/tpsearch_synthetic
+    python -m tpsearch_jax.main --config=configs/synthetic.py:pretrain --workdir=/tmp/tpsearch_synthetic_pretrain
     python -m tpsearch_jax.main --config=configs/synthetic.py:clip --workdir=/tmp/tpsearch_synthetic_clip
     python -m tpsearch_jax.main --config=configs/synthetic.py:irra --workdir=/tmp/tpsearch_synthetic_irra
     python -m tpsearch_jax.main --config=configs/synthetic.py:pcc_paper_vit --workdir=/tmp/tpsearch_synthetic_vit
@@ -26,23 +27,36 @@ from tpsearch_jax.training import optim
 
 EPOCHS = 12
 # The demo: (method, overrides). Chosen on val and on held-out galleries over three seeds (docs/study_synthetic.md
-# §1.3): 3-layer towers at lr 5e-4 and max-pooled global embeddings (patch tokens / valid text tokens, as Park et
+# §3.3): 3-layer towers at lr 5e-4 and max-pooled global embeddings (patch tokens / valid text tokens, as Park et
 # al.'s global branch) instead of the CLS / EOT token.
 DEMO = ("clip", {"model.clip.vision_layers": 3, "model.clip.text_layers": 3, "optim.lr": 5e-4,
                  "model.global_pool": "max"})
 
 
+# The pretraining stand-in (configs/synthetic_finetune.py starts from it through config.init.run): the demo's recipe
+# (SDM only, 3-layer towers) on a disjoint pool of identities (generator seed 1) with a distribution shift that
+# fine-tuning has to close: "plain" captions (other templates and words, upper / lower colours only, no part detail).
+PRETRAIN_IDS = 3000
+PRETRAIN = {"data.root": "/tmp/tpsearch_data/synthetic_pedes_pretrain",
+            "data.synthetic": dict(num_ids=PRETRAIN_IDS, images_per_id=4, seed=1, image_size=(144, 48),
+                                   split_fractions=(0.98, 0.01, 0.01), caption_style="plain"),
+            "schedule.num_epochs": 8, "eval.every_epochs": 2}
+
+
 def get_config(method: str = "irra"):
-  """A small synthetic_pedes run of ``method`` (EPOCHS epochs × 122 steps of batch 64), or of ``demo`` (DEMO)."""
-  if method == "demo":
+  """A small synthetic_pedes run of ``method`` (EPOCHS epochs × 122 steps of batch 64), of ``demo`` (DEMO), or
+  ``pretrain`` (DEMO + PRETRAIN: the stand-in for pretrained towers)."""
+  if method in ("demo", "pretrain"):
     c = get_config(DEMO[0])
     base.apply_overrides(c, DEMO[1], "configs/synthetic.py:demo")
+    if method == "pretrain":
+      base.apply_overrides(c, PRETRAIN, "configs/synthetic.py:pretrain")
     return c
   c = base.get_config(method)
   c.data.name = "synthetic_pedes"
   c.data.root = "/tmp/tpsearch_data/synthetic_pedes_1000"
   # 20 test identities keep the gallery at 80 images; the 960 training identities give the attribute combinations
-  # that a model trained from scratch needs to generalise to unseen people (docs/study_synthetic.md §1).
+  # that a model trained from scratch needs to generalise to unseen people (docs/study_synthetic.md §3).
   c.data.synthetic = dict(num_ids=1000, images_per_id=4, seed=0, image_size=(144, 48),
                           split_fractions=(0.96, 0.02, 0.02))
   c.data.image_size = (96, 32)

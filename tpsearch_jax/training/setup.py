@@ -11,6 +11,7 @@ from absl import logging
 from etils import epath
 
 from tpsearch_jax import evaluate as eval_lib
+from tpsearch_jax import evaluate_binding
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.data import datasets
 from tpsearch_jax.data.pipeline import evaluation as eval_pipeline
@@ -56,9 +57,13 @@ class Setup:
     return self._eval_data[split]
 
   def evaluate(self, params, splits, step: int, checkpoint: str, epoch: int | None = None) -> dict[str, dict]:
-    """{split: metrics row} of ``params`` on ``splits`` (+ "test_hard" on synthetic_pedes: ``query_subsets``)."""
-    return eval_lib.evaluate_splits(self.evaluator, params, self.eval_batches, splits, step, checkpoint, epoch,
+    """{split: metrics row} of ``params`` on ``splits`` (+ "test_hard" on synthetic_pedes: ``query_subsets``; the
+    test row of a part model there gets "binding": ``evaluate_binding.binding_report``)."""
+    rows = eval_lib.evaluate_splits(self.evaluator, params, self.eval_batches, splits, step, checkpoint, epoch,
                                     query_subsets={s: self.query_subsets(s) for s in splits})
+    if "test" in rows and evaluate_binding.applies(self.config):  # part models on synthetic_pedes
+      rows["test"]["binding"] = evaluate_binding.binding_report(self.model, params, self.config, self.ann)
+    return rows
 
   def skipped(self, splits) -> dict[str, dict[str, int]]:
     """{split: {"missing", "corrupt", "captions_dropped"}} the skip rule dropped, for train (if training) and

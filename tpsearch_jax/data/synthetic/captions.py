@@ -4,6 +4,10 @@ Each caption picks the visible parts to describe, words them with synonyms, orde
 forms and sometimes adds a detail unrelated to appearance ("walking on the street"). ``SYNONYMS`` is the complete table
 of surface words per attribute value, so a caption can be checked against the attribute table without the grammar.
 Irrelevant details never contain colour or clothing words.
+
+``make_plain_caption`` is the "plain" caption style (the pretraining stand-in's data): other sentence templates and
+vocabulary ("top", "bottoms", "outfit"), colours of the upper and lower garment only, and no part detail (no garment
+type, sleeves, pattern, hair, hat, glasses, shoes or bag).
 """
 
 from __future__ import annotations
@@ -159,3 +163,15 @@ def make_caption(a: dict, visible: set[str], rng: np.random.Generator) -> str:
   if rng.random() < 0.3:
     first += f", {_w(rng, IRRELEVANT)}"
   return ". ".join(t[0].upper() + t[1:] for t in [first] + rest) + "."
+
+
+PLAIN_COLOURS = {"navy": "dark blue", "beige": "light brown", "grey": "grey"}
+PLAIN_TEMPLATES = ["Someone in a {u} top and {l} bottoms.", "A figure dressed in {u} above and {l} below.",
+                   "An individual whose outfit is {u} on top and {l} at the bottom.",
+                   "Person, {u} upper clothing, {l} lower clothing.", "A walker wearing {u} and {l}."]
+
+
+def make_plain_caption(a: dict, rng: np.random.Generator) -> str:
+  """One "plain" style sentence about identity ``a``: upper and lower colours in one of ``PLAIN_TEMPLATES``."""
+  colour = lambda key: PLAIN_COLOURS.get(a[key], a[key])  # noqa: E731
+  return _w(rng, PLAIN_TEMPLATES).format(u=colour("upper.colour"), l=colour("lower.colour"))

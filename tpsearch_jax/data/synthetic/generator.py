@@ -40,15 +40,19 @@ MARKER = ".synthetic_pedes.json"
 OWN_JSON = ("reid_raw.json", "attributes.json")
 OWN_IMAGE = re.compile(r"cam\d+/\d{5}_\d{2}\.(jpg|png)")  # relative to imgs/, as ``generate`` names them
 IGNORED = (CACHE_NAME,)  # written beside any dataset by the image check; not foreign
+CAPTION_STYLES = ("full", "plain")
 EXTRA_CAPTION_PROB = 0.05  # a few images get a third caption, as in CUHK-PEDES
 
 
 def generate(root: str, num_ids: int = 300, images_per_id: int = 4, seed: int = 0,
              image_size: Sequence[int] = (144, 48), split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
-             twin_fraction: float = 0.25, image_format: str = "jpg", overwrite: bool = False) -> dict:
+             twin_fraction: float = 0.25, image_format: str = "jpg", caption_style: str = "full",
+             overwrite: bool = False) -> dict:
   """Writes the dataset folder ``root`` (imgs/, reid_raw.json, attributes.json); returns a summary dict.
 
-  image_size: (H, W) of the saved images. The result depends only on the arguments (same seed → same bytes).
+  image_size: (H, W) of the saved images. caption_style: "full" (the part-level grammar) | "plain" (other templates
+  and words, upper/lower colours only: ``captions.make_plain_caption``). The result depends only on the arguments
+  (same seed → same bytes).
   """
   h, w = (int(v) for v in image_size)
   if num_ids < 3 or images_per_id < 1:
@@ -57,10 +61,14 @@ def generate(root: str, num_ids: int = 300, images_per_id: int = 4, seed: int = 
     raise ValueError(f"image_size (H, W) must be at least (32, 16), got {(h, w)}")
   if image_format not in ("jpg", "png"):
     raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
+  if caption_style not in CAPTION_STYLES:
+    raise ValueError(f"caption_style must be one of {CAPTION_STYLES}, got {caption_style!r}")
   if not 0.0 <= twin_fraction <= 0.5:
     raise ValueError(f"twin_fraction must be in [0, 0.5], got {twin_fraction}")
   args = {"seed": seed, "num_ids": num_ids, "images_per_id": images_per_id, "image_size": [h, w],
           "split_fractions": list(split_fractions), "twin_fraction": twin_fraction, "image_format": image_format}
+  if caption_style != "full":  # recorded only when not the default, so older folders still match their arguments
+    args["caption_style"] = caption_style
   _prepare_folder(root, overwrite, args)
   start = time.perf_counter()
 
@@ -85,7 +93,7 @@ def generate(root: str, num_ids: int = 300, images_per_id: int = 4, seed: int = 
       else:
         img.save(path, optimize=False)
       visible = sr.visible_parts(attrs, shot)
-      records.append({"split": splits[idx], "captions": _captions(attrs, visible, [seed, 2, pid, k]),
+      records.append({"split": splits[idx], "captions": _captions(attrs, visible, [seed, 2, pid, k], caption_style),
                       "file_path": rel, "id": pid})
       images[rel] = {"id": pid, "camera": shot.camera, "view": shot.view, "occluder": shot.occluder,
                      "blur": round(shot.blur, 3), "visible": sorted(visible)}
@@ -126,24 +134,29 @@ def ensure(root: str, **kwargs) -> dict:
   if unknown:
     raise TypeError(f"unknown synthetic_pedes arguments: {', '.join(sorted(unknown))}")
   want = {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in (defaults | kwargs).items()}
+  if want.get("caption_style") == "full":
+    del want["caption_style"]  # the default is not recorded (generate)
   meta_path = os.path.join(root, "attributes.json")
   if not os.path.exists(os.path.join(root, "reid_raw.json")) or not os.path.exists(meta_path):
     generate(root, **want, overwrite=True)
   with open(meta_path, encoding="utf-8") as f:
     have = json.load(f)["generator"]
   diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+  style = (have.get("caption_style", "full"), want.get("caption_style", "full"))
+  if style[0] != style[1]:
+    diff["caption_style"] = style
   if diff:
     raise ValueError(f"{root} holds synthetic_pedes generated with other arguments (stored, requested): {diff}; "
                      "regenerate with --overwrite or use another folder")
   return have
 
 
-def _captions(attrs: dict, visible: set[str], seed: list[int]) -> list[str]:
+def _captions(attrs: dict, visible: set[str], seed: list[int], style: str = "full") -> list[str]:
   rng = np.random.default_rng(seed)
   n = 3 if rng.random() < EXTRA_CAPTION_PROB else 2
   out: list[str] = []
   for _ in range(8 * n):  # distinct captions per image; the grammar is rich enough that this ends quickly
-    c = sc.make_caption(attrs, visible, rng)
+    c = sc.make_caption(attrs, visible, rng) if style == "full" else sc.make_plain_caption(attrs, rng)
     if c not in out:
       out.append(c)
     if len(out) == n:
