@@ -1,4 +1,4 @@
-"""Issue #12 ("never lose a run"), search and convert: an index pins the checkpoint that built it (a moved run is
+"""Search and convert faults: an index pins the checkpoint that built it (a moved run is
 found with --workdir, anything else is refused in one line), any file name round-trips, empty queries and bad k are
 refused before any model work, and both CLIs report user errors in one line with exit status 2."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +27,8 @@ from tpsearch_jax.models import build_model
 from tpsearch_jax.models.clip import convert as convert_cli
 from tpsearch_jax.models.clip.layouts import CheckpointError
 from tpsearch_jax.models.clip.params_io import save_params
-from tpsearch_jax.search import cli, library
+from tpsearch_jax.search import cli, encoding, library
+from tpsearch_jax.search import server as search_server
 from tpsearch_jax.search.server import SearchServer
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.training import checkpointing
@@ -376,3 +378,37 @@ def test_convert_process_exits_2_with_one_line(tmp_path):
   lines = out.stderr.strip().splitlines()
   assert out.returncode == 2 and len(lines) == 1 and "junk.msgpack: not a msgpack params file" in lines[0], out.stderr
   assert issubclass(CheckpointError, user_errors.UserError) and issubclass(CheckpointError, ValueError)
+
+
+# ------------------------------------------------------------------- 5: every bad file at once; a busy port first
+
+
+def test_index_lists_every_bad_file_before_encoding_anything(built, tmp_path, monkeypatch):
+  gallery = tmp_path / "gallery"
+  shutil.copytree(built["gallery"], gallery)
+  bad = {"cam0/truncated.png": b"\x89PNG\r\n\x1a\n garbage", "cam1/text.jpg": b"not an image at all",
+         "empty.png": b""}
+  for name, data in bad.items():
+    (gallery / name).write_bytes(data)
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("an image was encoded before every file was checked")
+  monkeypatch.setattr(encoding, "image_encoder", refuse)
+  with pytest.raises(encoding.BadImages) as e:
+    search.build(str(built["base"] / "run"), str(gallery), str(tmp_path / "index"), batch_size=8)
+  text = str(e.value)
+  assert text.startswith(f"3 of {len(built['names']) + 3} image files cannot be read")
+  listed = [line.strip().split(": ", 1) for line in text.splitlines() if line.startswith("  ")]
+  assert sorted(p for p, _ in listed) == sorted(str(gallery / n) for n in bad)
+  assert all(reason for _, reason in listed) and "--skip_bad" in text
+  assert not (tmp_path / "index").exists()
+
+
+def test_serve_refuses_a_busy_port_before_loading_the_model(built, no_model):
+  with socket.socket() as busy:
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    with pytest.raises(user_errors.UserError, match=f"cannot listen on --host=127.0.0.1 --port={port}") as e:
+      search_server.serve(str(built["base"] / "index"), "127.0.0.1", port)  # no_model: loading would raise AssertionError
+  one_line(e)
