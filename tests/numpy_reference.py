@@ -118,7 +118,7 @@ def _normalize12(x):
 
 
 def efa(t, v, m_t2e=0.1, m_i2e=0.9, temp=1.0, mask=None):
-  """FMFA EFA from methods.md §2.6 step by step; mask [B, L] (or None) leaves padded text positions out."""
+  """FMFA EFA from docs/methods.md §2.6 step by step; mask [B, L] (or None) leaves padded text positions out."""
   t, v = _f64(t), _f64(v)
   b, lt, _ = t.shape
   n = v.shape[1]
@@ -164,7 +164,7 @@ def efa(t, v, m_t2e=0.1, m_i2e=0.9, temp=1.0, mask=None):
 
 
 def efa_paper(t, v, m_t2e, m_i2e, lam=1.0):
-  """FMFA EFA as the paper's equations state it (methods.md §2.6, "Paper" row), written from them, not from the code.
+  """FMFA EFA as the paper's equations state it (docs/methods.md §2.6, "paper" row), written from them, not the code.
 
   Step 1: A_b = T_b V_bᵀ, per-row min-max, keep entries ≥ 1/N, divide by the row sum, E_b = W V_b.
   Step 2: S_ij = log Σ_l exp(max_m cos(x_il, e_jm) / λ), no normalisation of S.
@@ -252,6 +252,31 @@ def triplet(v, t, y, m=0.2, hinge=None, pick_img=_only_candidate, pick_txt=_only
   return _direction(s, y, m, h_img, pick_img) + _direction(s.T, y, m, h_txt, pick_txt)
 
 
+def batch_ranking(v, t, y, m=0.2, hinge=None, mining="batch_hard"):
+  """Both directions summed over anchors, every anchor's triplets from the whole batch (no random draw):
+  batch_all = mean over (positive p, negative n) of [m'_a − S_ap + S_an]_+; batch_hard = [m'_a − min_p S_ap +
+  max_n S_an]_+ (positives: same id, the anchor's own pair included; 0 for an anchor without a negative)."""
+  s = cosine_eps(v, t)
+  b = len(y)
+  h_img = [m] * b if hinge is None else list(hinge[0])
+  h_txt = [m] * b if hinge is None else list(hinge[1])
+
+  def direction(sim, h):
+    total = 0.0
+    for a in range(b):
+      pos = [p for p in range(b) if y[p] == y[a]]
+      neg = [n for n in range(b) if y[n] != y[a]]
+      if not neg:
+        continue
+      if mining == "batch_all":
+        total += np.mean([max(h[a] - sim[a, p] + sim[a, n], 0.0) for p in pos for n in neg])
+      else:
+        total += max(h[a] - min(sim[a, p] for p in pos) + max(sim[a, n] for n in neg), 0.0)
+    return total
+
+  return direction(s, h_img) + direction(s.T, h_txt)
+
+
 def commonality_prob(logits, y):
   logits = _f64(logits)
   b, p, _ = logits.shape
@@ -271,13 +296,17 @@ def commonality_freq(parts, y, tau):
   return out
 
 
-def cmr(vp, tp, y, m=0.2, floor=0.05, score_img=None, score_txt=None, picks=None):
-  """§2.8 with precomputed commonality scores [B, P]; ``picks[i]`` = (pick_img, pick_txt) for part i or None."""
+def cmr(vp, tp, y, m=0.2, floor=0.05, score_img=None, score_txt=None, picks=None, mining="semi_hard"):
+  """§2.8 with precomputed commonality scores [B, P]; ``picks[i]`` = (pick_img, pick_txt) for part i or None;
+  mining "batch_all" / "batch_hard": each part's triplets as ``batch_ranking``."""
   vp, tp = _f64(vp), _f64(tp)
   total = 0.0
   for i in range(vp.shape[1]):
     hi = [max(m * score_img[a, i], floor) for a in range(len(y))]
     ht = [max(m * score_txt[a, i], floor) for a in range(len(y))]
+    if mining != "semi_hard":
+      total += batch_ranking(vp[:, i], tp[:, i], y, m, (hi, ht), mining)
+      continue
     pi, pt = (_only_candidate, _only_candidate) if picks is None else picks[i]
     total += triplet(vp[:, i], tp[:, i], y, m, (hi, ht), pi, pt)
   return total

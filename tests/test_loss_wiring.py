@@ -168,11 +168,15 @@ def expected_terms(method: str, loss: objectives.LossOptions, rng=jax.random.key
       mask = batch["caption_ids"] != 0 if loss.efa_mask_padding else None
       want["efa"] = ref.efa(tokens, patches, m_t2e, m_i2e, loss.efa_lse_temperature, mask=mask)
   tri_key, cmr_key = jax.random.split(rng)
+  mining, reduction = getattr(loss, "ranking_mining", "semi_hard"), getattr(loss, "ranking_reduction", "sum")
+  per_anchor = 1.0 / (2 * B) if reduction == "mean" else 1.0  # "mean": the sum over anchors and directions / 2N
   if loss.triplet:
     v, t = _ranked(out, loss)
     picks = _ranking_picks(v, t, jax.random.split(tri_key, v.shape[1]))
-    want["triplet"] = sum(ref.triplet(v[:, g], t[:, g], PIDS, loss.triplet_margin, pick_img=pi, pick_txt=pt)
-                          for g, (pi, pt) in enumerate(picks))
+    per = [ref.batch_ranking(v[:, g], t[:, g], PIDS, loss.triplet_margin, mining=mining) if mining != "semi_hard"
+           else ref.triplet(v[:, g], t[:, g], PIDS, loss.triplet_margin, pick_img=pi, pick_txt=pt)
+           for g, (pi, pt) in enumerate(picks)]
+    want["triplet"] = per_anchor * (np.mean(per) if reduction == "mean" else sum(per))  # "mean": also over pieces
   if loss.cmr:
     vp, tp = _np(img["part"]), _np(txt["part"])
     p = vp.shape[1]
@@ -183,7 +187,8 @@ def expected_terms(method: str, loss: objectives.LossOptions, rng=jax.random.key
     else:
       sc_i, sc_t = ref.commonality_freq(vp, PIDS, loss.cmr_tau), ref.commonality_freq(tp, PIDS, loss.cmr_tau)
     picks = _ranking_picks(vp, tp, jax.random.split(cmr_key, p))
-    want["cmr"] = ref.cmr(vp, tp, PIDS, loss.cmr_margin, loss.cmr_floor, sc_i, sc_t, picks)
+    want["cmr"] = ref.cmr(vp, tp, PIDS, loss.cmr_margin, loss.cmr_floor, sc_i, sc_t, picks, mining) * (
+        per_anchor / p if reduction == "mean" else 1.0)
   return want
 
 
@@ -223,7 +228,9 @@ def test_preset_terms_equal_the_reference_on_the_documented_pieces(method):
     ("fmfa", dict(efa_mask_padding=True)),  # padded caption positions left out
     ("combined", dict(cmr_commonality="freq", cmr_tau=0.3)),  # frequency commonality from the parts themselves
     ("combined", dict(global_loss="triplet")),  # the global embedding ranked with the coarse ones
-], ids=["itc", "efa_mask", "cmr_freq", "combined_global_triplet"])
+    ("pcc", dict(ranking_mining="batch_hard", ranking_reduction="mean")),
+    ("pcc", dict(ranking_mining="batch_all")),
+], ids=["itc", "efa_mask", "cmr_freq", "combined_global_triplet", "batch_hard_mean", "batch_all"])
 def test_option_variants_equal_the_reference(method, overrides):
   loss = _loss(method, **overrides)
   _, terms = _computed(method, loss)
