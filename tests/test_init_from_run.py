@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from tpsearch_jax import batch as batch_lib
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.models import build_model
@@ -143,3 +144,17 @@ def test_plan_and_table_count_every_tensor():
   assert lines[2].split() == ["head", "0", "0", "1", "4", "0", "0", "0", "0"]
   assert init_from_run.parse_spec("/a:b/run:12") == ("/a:b/run", 12)
   assert init_from_run.parse_spec("/a/run") == ("/a/run", None)
+
+
+@pytest.mark.parametrize("method", ["clip", "irra", "fmfa", "pcc", "combined", "pcc_global", "pcc_cmr_freq"])
+def test_finetune_configs_load_every_tower_param_of_the_pretraining_run(method):
+  from tpsearch_jax.config_files import load_config
+  pre = config_checks.resolve_config(load_config(os.path.join(CONFIG_DIR, "synthetic.py:pretrain")), num_classes=10)
+  ft = config_checks.resolve_config(load_config(os.path.join(CONFIG_DIR, f"synthetic_finetune.py:{method}")),
+                                    num_classes=10)
+  assert ft.init.run == "/tmp/tpsearch_synthetic_pretrain" and ft.data.synthetic.seed != pre.data.synthetic.seed
+  assert ft.data.root != pre.data.root and pre.data.synthetic.caption_style == "plain"
+  shapes = [jax.eval_shape(lambda c=c: build_model(c).init(jax.random.key(0), {
+      k: jax.numpy.asarray(v) for k, v in batch_lib.fake_train_batch(c, 2).items()})["params"]) for c in (ft, pre)]
+  decisions = init_from_run.plan(*shapes)
+  assert {p for p, d in decisions.items() if d == "loaded"} == {p for p in decisions if p.startswith("clip/")}
