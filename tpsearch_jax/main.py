@@ -20,17 +20,19 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tpsearch_jax import config_files, user_errors
+from tpsearch_jax import cli_help, config_files, user_errors
 from tpsearch_jax.training import eval_only, trainer
 
 FLAGS = flags.FLAGS
 PROGRAM = "tpsearch_jax.main"
+CONFIG_HELP = ("  --config.SECTION.FIELD=VALUE  override one field of the config, e.g. --config.optim.lr=5e-6 "
+               "(fields: tpsearch_jax/configs/base.py)",)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.json.", required=True)
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes from --workdir) or eval only.")
 flags.DEFINE_integer("heartbeat_timeout_s", 100, "Several processes: a process silent for this long counts as dead "
                      "and every process stops.")
 flags.DEFINE_integer("initialization_timeout_s", 300, "Several processes: how long to wait for all to connect.")
-flags.DEFINE_bool("verbose", False, "Show the traceback of input errors instead of one line.")
+flags.DEFINE_bool("verbose", False, "Show the libraries' INFO logs and the traceback of input errors.")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cuhk.py:irra.", lock_config=True)
 
 
@@ -87,6 +89,7 @@ def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   verbose = FLAGS.verbose or FLAGS.pdb_post_mortem
+  cli_help.quiet_libraries(FLAGS.verbose)
   if not _maybe_initialize_distributed() or jax.process_count() == 1:
     status = user_errors.exit_on_user_error(_run, program=PROGRAM, verbose=verbose)
     logging.flush()
@@ -113,6 +116,8 @@ def main(argv) -> int:
 
 def cli() -> None:
   """``python -m tpsearch_jax.main``: the config flags are checked (one line on a mistake) before absl parses them."""
+  if cli_help.wants_help(sys.argv):
+    cli_help.exit_with_help(cli_help.help_text(__doc__.split("\n\n")[0], PROGRAM, extra=CONFIG_HELP))
   code = user_errors.exit_on_user_error(lambda: config_files.check_config_flags(sys.argv[1:]) or 0, program=PROGRAM,
                                         verbose="--verbose" in sys.argv or "--pdb" in sys.argv)
   if code:
