@@ -158,3 +158,16 @@ def test_finetune_configs_load_every_tower_param_of_the_pretraining_run(method):
       k: jax.numpy.asarray(v) for k, v in batch_lib.fake_train_batch(c, 2).items()})["params"]) for c in (ft, pre)]
   decisions = init_from_run.plan(*shapes)
   assert {p for p, d in decisions.items() if d == "loaded"} == {p for p in decisions if p.startswith("clip/")}
+
+
+def test_finetune_study_configs_resolve():
+  from tpsearch_jax.config_files import load_config
+  from tpsearch_jax.study import runner
+  for size, seeds in (("main", 5), ("ladder", 3), ("switches", 3)):
+    study = load_config(os.path.join(CONFIG_DIR, f"study_finetune.py:{size}"))
+    assert len(study.seeds) == seeds
+    for method in study.methods:
+      c = config_checks.resolve_config(runner.run_config(study, method, 2), num_classes=10)
+      assert c.seed == 2 and c.init.run and c.optim.lr == 1e-4
+  c = runner.run_config(load_config(os.path.join(CONFIG_DIR, "study_finetune.py:switches")), "pcc_repaired", 0)
+  assert (c.loss.ranking_mining, c.loss.ranking_reduction, c.model.part.kv_norm) == ("batch_hard", "mean", "modality")
