@@ -1,13 +1,14 @@
 """Does the part model bind? Measures of its outputs against ground truth (numpy only; the inputs come from
 ``evaluate_binding``). Each has a chance level that a model without binding gets.
 
-| measure | chance |
-|---|---|
-| ``foreground_auc``: the foreground map as a score for "this patch is the person" (AUC per image, averaged) | 0.5 |
-| ``stripe_coverage``: the share of stripe i's rows each body region covers, averaged over images | — |
-| ``attention_on_region_words``: attention mass of text part token i on the words of the regions stripe i covers | the share of the caption's tokens that are such words |
-| ``twin_gap_share``: of the score gap between a caption's own image and its near-twin's, the share from the stripe(s) holding the part they differ in | that stripe's weight share of the score |
-| ``coarse_cosine``: mean pairwise cosine of the N_D coarse tokens of one sample | 1 = the tokens are one vector |
+- ``foreground_auc``: the foreground map as a score for "this patch is the person" (AUC per image, averaged);
+  chance 0.5.
+- ``stripe_coverage``: the share of stripe i's rows each body region covers, averaged over images.
+- ``attention_on_region_words``: the attention mass of text part token i on the words of the regions stripe i
+  covers; chance: the share of the caption's tokens that are such words.
+- ``twin_gap_share``: of the score gap between a caption's own image and its near-twin's, the share from the
+  stripe(s) holding the part they differ in; chance: those stripes' weight share of the score.
+- ``coarse_cosine``: mean pairwise cosine of the N_D coarse tokens of one sample; 1 = the tokens are one vector.
 """
 
 from __future__ import annotations
