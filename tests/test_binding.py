@@ -133,3 +133,14 @@ def test_report_of_a_tiny_part_model(tiny_set):
   assert report["stripe_coverage"]["stripe_0"]["head"] > report["stripe_coverage"]["stripe_2"]["head"]
   assert len(report["part_attention"]["mass"]) == 3
   assert -1.0 <= report["coarse_cosine"]["image"] <= 1.0
+
+
+def test_token_regions_follow_the_words_through_the_tokenizer():
+  from tpsearch_jax.evaluate_binding import _token_regions
+  from tpsearch_jax.models.clip.tokenizer import tokenize
+  caption = "A person wearing a navy t-shirt and blue jeans, with long hair."
+  ids = tokenize([caption], 12)[0]  # cut: SOT + 10 tokens + EOT
+  got = _token_regions(caption, ids, tokenize, 12)
+  # a person wearing a | navy t - shirt (upper) | and | blue jeans (lower) | , (cut here)
+  np.testing.assert_array_equal(got, [-2, -1, -1, -1, -1, 1, 1, 1, 1, -1, 2, -2])
+  assert np.all(_token_regions("unrelated words", ids, tokenize, 12) == -2)  # ids of another text: no labels

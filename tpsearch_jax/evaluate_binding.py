@@ -46,7 +46,7 @@ def _embed_all(model, params, method: str, x: np.ndarray) -> tuple[dict, dict]:
 
 def _token_regions(caption: str, ids: np.ndarray, tokenize, length: int) -> np.ndarray:
   """int [L]: the region of each token of ``ids`` (-1 none, -2 special / padding); all -2 when the caption's
-  tokens are not the concatenation of its words' tokens."""
+  tokens are not (a prefix of) the concatenation of its words' tokens."""
   out = np.full(length, -2, np.int64)
   pieces, regions = [], []
   for word, region in truth.word_regions(caption):
@@ -55,8 +55,8 @@ def _token_regions(caption: str, ids: np.ndarray, tokenize, length: int) -> np.n
     pieces.extend(tok.tolist())
     regions.extend([region] * len(tok))
   n = np.count_nonzero(ids)
-  if ids[1:n - 1].tolist() == pieces:
-    out[1:n - 1] = regions
+  if ids[1:n - 1].tolist() == pieces[:n - 2]:  # a caption longer than the context is cut before its end token
+    out[1:n - 1] = regions[:n - 2]
   return out
 
 
