@@ -1,4 +1,5 @@
-"""One tiny trained part-level run shared by the search, server, browser and notebook tests (trained once per session).
+"""One tiny trained part-level run shared by the search, server, browser and notebook tests (trained once per session),
+and an untrained tiny `clip` run folder for tests of global models.
 
 ``trained_run(tmp_path_factory)`` trains ``configs/synthetic.py:combined`` cut down to CPU-test size with the real
 trainer: 10 identities × 8 images of 48×16 (no near-twins; 6 train / 2 val / 2 test identities), width-32 one-layer
@@ -14,8 +15,13 @@ import json
 import os
 import pathlib
 
+import jax
+
+from tpsearch_jax import sharding
 from tpsearch_jax.config_files import load_config_module
-from tpsearch_jax.training import trainer
+from tpsearch_jax.models import build_model
+from tpsearch_jax.training import checkpointing, trainer
+from tpsearch_jax.training import state as state_lib
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs", "synthetic.py")
 NUM_IDS, IMAGES_PER_ID, EPOCHS = 10, 8, 30
@@ -58,3 +64,24 @@ def trained_run(tmp_path_factory) -> dict:
 def person_of(path: str) -> int:
   """synthetic_pedes file name → its identity (``cam<c>/<id:05d>_<k:02d>.jpg``)."""
   return int(os.path.basename(path).split("_")[0])
+
+
+def untrained_clip_run(workdir: str) -> str:
+  """A `clip` run folder as training leaves it (config.json + one checkpoint) with random weights: tiny towers of
+  width 32 reading 48×16 images and 32 tokens. → workdir."""
+  c = load_config_module(CONFIG).get_config("clip")
+  c.data.root = os.path.join(workdir, "unused_data")
+  c.data.image_size = (48, 16)
+  c.data.context_length = 32
+  c.model.clip.update(dict(embed_dim=16, patch_size=8, vision_width=32, vision_layers=1, vision_heads=4,
+                           context_length=32, text_width=32, text_layers=1, text_heads=4))
+  c.model.num_classes = 4
+  c.train.batch_size = 8
+  model, mesh = build_model(c), sharding.create_mesh()
+  state, _, _ = state_lib.create_train_state(c, model, mesh, jax.random.PRNGKey(5))
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(c.to_json_best_effort(indent=2))
+  ckpt = checkpointing.Checkpointer(workdir, async_save=False)
+  ckpt.save(1, state, {"step": 1})
+  ckpt.close()
+  return workdir

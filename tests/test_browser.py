@@ -1,7 +1,9 @@
 """End to end in a real browser: ``python -m tpsearch_jax.search serve`` on the tiny trained run, driven by headless
 Chromium through selenium (Debian's chromium + chromium-driver; nothing is downloaded at run time). Types a caption,
 waits for the grid, checks that every image loaded and that the top result is the person described, checks that an
-empty query shows the server's error, and keeps a screenshot in $TEST_ARTIFACTS (default tests/artifacts/).
+empty query shows the server's error, that a query longer than the model reads shows its dropped words struck
+through, and that a global (clip) run's results show phrase contributions and an occlusion map on demand; keeps
+screenshots in $TEST_ARTIFACTS (default tests/artifacts/).
 
 Skipped only outside CI when Chromium or its driver is missing; with CI=true a missing browser fails the test.
 """
@@ -22,6 +24,9 @@ import urllib.request
 import pytest
 
 import search_fixtures
+from tpsearch_jax.search import library
+from tpsearch_jax.search.searcher import Searcher
+from tpsearch_jax.search.server import SearchServer
 
 try:
   from selenium import webdriver
@@ -150,3 +155,67 @@ def test_empty_query_shows_the_error_and_the_page_recovers(server_url, driver):
   while "results in" not in driver.find_element(By.ID, "status").text and time.time() < deadline:
     time.sleep(0.2)
   assert len(driver.find_elements(By.CSS_SELECTOR, "#results .result")) == 10
+
+
+PADDING = " She also wears bright pink shoes and a yellow coat. She carries a green umbrella and a red bag."
+
+
+def _search(driver, url: str, query: str, what: str):
+  driver.get(url)
+  _wait(driver, lambda d: "images in" in d.find_element(By.ID, "info").text, what="the index info line")
+  driver.execute_script("document.getElementById('q').value = arguments[0];", query)  # faster than typing 200 keys
+  driver.find_element(By.ID, "q").send_keys(Keys.ENTER)
+  _wait(driver, lambda d: "results in" in d.find_element(By.ID, "status").text, what=what)
+
+
+def test_long_query_shows_the_dropped_words_struck_through(server_url, driver):
+  url, run = server_url
+  query = run["records"][0]["captions"][0] + PADDING
+  with urllib.request.urlopen(url + "api/search?" + urllib.parse.urlencode({"q": query, "k": 3})) as r:
+    api = json.load(r)
+  assert api["dropped"] and api["tokens"] > api["read"] == 32
+  driver.get(url)
+  box = _wait(driver, lambda d: d.find_element(By.ID, "q"), what="the query box")
+  box.send_keys(query[:480], Keys.ENTER)  # typed as a user does (the box holds 500 characters)
+  _wait(driver, lambda d: "results in" in d.find_element(By.ID, "status").text, what="the result grid")
+  dropped = driver.find_element(By.CSS_SELECTOR, "#reading .dropped")
+  assert dropped.text.split() == api["dropped"]
+  assert "line-through" in dropped.value_of_css_property("text-decoration")
+  note = driver.find_element(By.CSS_SELECTOR, "#reading .note").text
+  assert f"{api['read']} of {api['tokens']} tokens read" in note and "not read: " in note
+  first = driver.find_elements(By.CSS_SELECTOR, "#results .result")[0]
+  phrases = first.find_elements(By.CSS_SELECTOR, ".phrase")
+  assert [p.text for p in phrases] == [query[p["start"]:p["end"]] for p in api["phrases"]]
+
+
+@pytest.fixture(scope="module")
+def clip_url(tmp_path_factory):
+  """A global (`clip`) run — random weights, the tiny towers of test_search — serving the tiny run's test images."""
+  _browser_or_skip()
+  run = search_fixtures.trained_run(tmp_path_factory)
+  workdir = search_fixtures.untrained_clip_run(str(tmp_path_factory.mktemp("clip_run")))
+  index = str(tmp_path_factory.mktemp("clip_index") / "index")
+  library.build(workdir, run["imgs"], index, batch_size=32)
+  server = SearchServer(Searcher(index, warm=False), port=0)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  yield server.url
+  server.shutdown()
+  server.server_close()
+
+
+def test_clip_run_explains_each_result_with_phrases_and_an_occlusion_map(clip_url, driver):
+  query = "a man in a red shirt, with a black backpack and white shoes"
+  _search(driver, clip_url, query, "the clip run's grid")
+  cards = driver.find_elements(By.CSS_SELECTOR, "#results .result")
+  assert len(cards) == 10
+  for card in cards:  # every result names the query's three phrases with their score drops
+    phrases = card.find_elements(By.CSS_SELECTOR, ".phrase")
+    assert [p.text for p in phrases] == ["a man in a red shirt", "with a black backpack", "and white shoes"]
+    assert all(p.get_attribute("title").startswith("score drops by ") for p in phrases)
+  assert driver.find_elements(By.CSS_SELECTOR, "table.why") == []  # one piece: no table of pieces
+  cards[0].find_element(By.CSS_SELECTOR, "button.where").click()
+  _wait(driver, lambda d: d.execute_script(
+      "const i = document.querySelector('img.occl'); return i && i.complete && i.naturalWidth > 0"),
+      what="the occlusion map")
+  os.makedirs(ARTIFACTS, exist_ok=True)
+  driver.save_screenshot(os.path.join(ARTIFACTS, "search_page_clip.png"))

@@ -9,6 +9,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import threading
 import urllib.parse
 import urllib.request
@@ -22,7 +23,7 @@ from PIL import Image
 import search_fixtures
 from tpsearch_jax.data.synthetic import attributes as synthetic_attributes
 from tpsearch_jax.data.synthetic import render as synthetic_render
-from tpsearch_jax.search import attribution, cli, encoding, library, split
+from tpsearch_jax.search import ann, attribution, cli, encoding, library, split
 from tpsearch_jax.search.searcher import Searcher
 from tpsearch_jax.search.server import SearchServer
 
@@ -168,3 +169,40 @@ def test_occluding_the_described_garment_drops_more_than_the_background():
     background_blocks += list(drops[person == 0])
   assert np.mean(person_blocks) > 0.005 > abs(np.mean(background_blocks))
   assert np.mean(person_blocks) > 3 * np.mean(background_blocks)
+
+
+def test_faiss_index_answers_like_the_exact_one(test_split, tmp_path):
+  """The same folder with --kind=faiss (vectors reused, nothing encoded): the same hits and scores on a gallery small
+  enough for one cell, the file checksummed like the others, and a damaged one refused."""
+  index = tmp_path / "index"
+  shutil.copytree(test_split["index"], index)
+  meta = library.build(test_split["run"]["workdir"], os.path.join(test_split["run"]["data"], "imgs"), str(index),
+                       batch_size=16, paths=test_split["searcher"].paths, kind="faiss")
+  assert meta["num_encoded"] == 0 and meta["kind"] == "faiss" and meta["ann"]["factory"] == "IVF1,Flat"
+  assert ann.ANN_FILE in meta["sha256"] and meta["fingerprint"] == library.read_meta(test_split["index"])["fingerprint"]
+  approx, exact = Searcher(str(index), warm=False), test_split["searcher"]
+  captions = [r["captions"][0] for r in test_split["run"]["records"] if r["split"] == "test"][:4]
+  for a, b in zip(approx.search(captions, 5), exact.search(captions, 5)):
+    assert [h.id for h in a] == [h.id for h in b]
+    np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+  with open(index / ann.ANN_FILE, "r+b") as f:
+    f.seek(-8, os.SEEK_END)
+    f.write(b"\x00" * 8)
+  with pytest.raises(library.BadIndex, match="ann.faiss"):
+    Searcher(str(index), warm=False)
+
+
+def test_hnsw_and_ivf_find_the_true_neighbours_of_clustered_vectors():
+  rng = np.random.default_rng(0)
+  centres = rng.standard_normal((50, 32))
+  vectors = np.repeat(centres, 40, axis=0) + 0.3 * rng.standard_normal((2000, 32))  # 50 people × 40 images
+  vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+  queries = centres[:20] + 0.5 * rng.standard_normal((20, 32))
+  queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+  truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]  # numpy brute force
+  for factory, probe in (("IVF16,Flat", 4), ("HNSW16", 64)):
+    index, record = ann.build(vectors, factory, probe)
+    _, rows = ann.search(index, queries, 10)
+    recall = np.mean([len(set(r) & set(t)) / 10 for r, t in zip(rows, truth)])
+    assert recall >= 0.9, (factory, recall)
+    assert record == {"factory": factory, "probe": probe, "num_rows": 2000}

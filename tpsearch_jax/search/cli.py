@@ -49,6 +49,12 @@ flags.DEFINE_string("images", None, "Folder of images to index, searched recursi
 flags.DEFINE_string("dataset_root", None, "Dataset folder (imgs/ + annotation JSON) whose --split to index (index).")
 flags.DEFINE_string("dataset", None, "Its format (cuhk_pedes, icfg_pedes, rstp_reid, synthetic_pedes); default: "
                     "recognised from the annotation file (index).")
+flags.DEFINE_enum("kind", "exact", ["exact", "faiss"], "Index kind: 'exact' (brute-force top-k) or 'faiss' (an "
+                  "approximate FAISS index beside the same vectors; for galleries past about a million images) (index).")
+flags.DEFINE_string("faiss_factory", None, "FAISS factory string (index --kind=faiss); default an inverted file "
+                    "'IVF<≈4·√n>,Flat'; 'HNSW32' a graph.")
+flags.DEFINE_integer("faiss_probe", None, "Cells probed (IVF nprobe, default 32) or graph breadth (HNSW efSearch, "
+                     "default 128) per query (index --kind=faiss).")
 flags.DEFINE_enum("split", None, list(split.EVAL_SPLITS), "The split of --dataset_root to index (index).")
 flags.DEFINE_string("index", None, "Index folder: written by `index`, read by `query` and `serve`.")
 flags.DEFINE_integer("batch_size", 64, "Images per encoding batch (rounded up to a multiple of the device count).")
@@ -233,20 +239,24 @@ def run_index() -> int:
     raise user_errors.UserError(f"--dataset_root={FLAGS.dataset_root} needs --split=val|test (the images to index)")
   if FLAGS.batch_size < 1:
     raise user_errors.UserError(f"--batch_size must be at least 1, got {FLAGS.batch_size}")
+  if FLAGS.faiss_probe is not None and FLAGS.faiss_probe < 1:
+    raise user_errors.UserError(f"--faiss_probe must be at least 1, got {FLAGS.faiss_probe}")
+  kind = {"kind": FLAGS.kind, "faiss_factory": FLAGS.faiss_factory, "faiss_probe": FLAGS.faiss_probe}
   if FLAGS.dataset_root:
     name, the_split = split.read_split(FLAGS.dataset_root, FLAGS.split, FLAGS.dataset)
     print(f"{name} {FLAGS.split} split: {len(the_split.image_paths)} images, {len(the_split.captions)} captions")
     meta = library.build(FLAGS.workdir, os.path.join(os.path.abspath(FLAGS.dataset_root), "imgs"), FLAGS.index,
                          FLAGS.checkpoint, FLAGS.batch_size, FLAGS.skip_bad, progress=True,
-                         paths=the_split.image_paths,
-                         dataset=split.dataset_record(name, FLAGS.dataset_root, FLAGS.split))
+                         paths=the_split.image_paths, dataset=split.dataset_record(name, FLAGS.dataset_root,
+                                                                                   FLAGS.split), **kind)
   else:
     meta = library.build(FLAGS.workdir, FLAGS.images, FLAGS.index, FLAGS.checkpoint, FLAGS.batch_size,
-                         FLAGS.skip_bad, progress=True)
+                         FLAGS.skip_bad, progress=True, **kind)
   for path, error in meta["skipped"]:
     print(f"skipped unreadable {path!r}: {error}")
   print(f"indexed {meta['num_images']} images ({meta['num_encoded']} encoded now, {len(meta['skipped'])} skipped) "
-        f"into {FLAGS.index}")
+        f"into {FLAGS.index}" + (f" (faiss {meta['ann']['factory']}, probe {meta['ann']['probe']})"
+                                 if meta.get("ann") else ""))
   return 0
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 
 from tpsearch_jax import user_errors
-from tpsearch_jax.search import encoding, explain
+from tpsearch_jax.search import ann, encoding, explain
 from tpsearch_jax.training import checkpointing as ckpt_lib
 from tpsearch_jax.training import runs
 
@@ -242,10 +242,14 @@ def _save_json(index_dir: str, name: str, value) -> None:
 
 def build(workdir: str, images: str, index_dir: str, checkpoint: str = "auto", batch_size: int = 64,
           skip_bad: bool = False, progress: bool = False, paths: Sequence[str] | None = None,
-          dataset: dict | None = None) -> dict:
+          dataset: dict | None = None, kind: str = "exact", faiss_factory: str | None = None,
+          faiss_probe: int | None = None) -> dict:
   """Encodes the new or changed images under ``images`` (or exactly ``paths`` [n] inside it: a dataset split,
   recorded as ``dataset`` {"name", "root", "split"}) with the run in ``workdir`` (all of them when the index was
-  built by another run) and writes the index folder; returns its metadata (+ "num_encoded", "skipped")."""
+  built by another run) and writes the index folder; ``kind="faiss"`` adds the approximate index (``ann``) over
+  the same vectors. Returns its metadata (+ "num_encoded", "skipped")."""
+  if kind not in ann.KINDS:
+    raise user_errors.UserError(f"--kind must be one of {', '.join(ann.KINDS)}, got {kind!r}")
   run = runs.load_run(workdir, checkpoint)
   fp, root = fingerprint(run, workdir, text_dim(run)), os.path.abspath(images)
   paths = find_images(root) if paths is None else sorted(dict.fromkeys(os.path.abspath(p) for p in paths))
@@ -279,11 +283,17 @@ def build(workdir: str, images: str, index_dir: str, checkpoint: str = "auto", b
   _save(index_dir, INDEX_STATS, stats[rows])
   _save_json(index_dir, INDEX_PATHS, [paths[i] for i in rows])
   _save_json(index_dir, INDEX_SKIPPED, [list(b) for b in bad])
-  written = [INDEX_EMB, INDEX_STATS, INDEX_PATHS]
+  written, ann_record = [INDEX_EMB, INDEX_STATS, INDEX_PATHS], None
   if layout.has_parts:
     _save(index_dir, INDEX_FOREGROUND, np.stack(fg).astype(np.float16))
     written.append(INDEX_FOREGROUND)
-  for stale in {INDEX_FOREGROUND, "paths.txt", "skipped.txt"} - set(written):  # format 2 names, a former part model
+  if kind == "faiss":
+    stored = np.load(os.path.join(index_dir, INDEX_EMB)).astype(np.float32)  # exactly the vectors queries read back
+    approx, ann_record = ann.build(stored / np.linalg.norm(stored, axis=1, keepdims=True), faiss_factory,
+                                   faiss_probe)
+    _replace(index_dir, ann.ANN_FILE, lambda f: f.write(ann.serialize(approx)))
+    written.append(ann.ANN_FILE)
+  for stale in {INDEX_FOREGROUND, ann.ANN_FILE, "paths.txt", "skipped.txt"} - set(written):  # format 2 names, a former part model
     if os.path.exists(os.path.join(index_dir, stale)):
       os.remove(os.path.join(index_dir, stale))
   meta = {"format_version": FORMAT_VERSION, "workdir": ckpt_lib.resolve_dir(workdir), "checkpoint": run.checkpoint,
@@ -293,6 +303,9 @@ def build(workdir: str, images: str, index_dir: str, checkpoint: str = "auto", b
           "layout": layout.to_json(), "sha256": {n: file_sha256(os.path.join(index_dir, n)) for n in written}}
   if dataset:
     meta["dataset"] = dataset
+  meta["kind"] = kind
+  if ann_record:
+    meta["ann"] = ann_record
   _save_json(index_dir, INDEX_META, meta)
   logging.info("Indexed %d images (%d encoded now, %d skipped) into %s", len(rows), len(kept), len(bad), index_dir)
   return dict(meta, num_encoded=len(kept), skipped=bad)

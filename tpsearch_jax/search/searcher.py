@@ -20,7 +20,7 @@ from absl import logging
 
 from tpsearch_jax import user_errors
 from tpsearch_jax.models import text_tokenizers
-from tpsearch_jax.search import attribution, encoding, explain, library, query_text
+from tpsearch_jax.search import ann, attribution, encoding, explain, library, query_text
 from tpsearch_jax.search import index as search_index
 
 MAX_K = 100
@@ -101,8 +101,14 @@ class Searcher:
     self.max_k = max_k
     self.k_search = max(1, min(max_k, len(self.paths)))
     self._encoder = encoding.text_encoder(run.model, self.mesh)
-    self.index = search_index.build_index(self.embeddings, np.arange(len(self.paths)), mesh=self.mesh,
-                                          dtype=np.float32)
+    self.kind = self.meta.get("kind", "exact")
+    if self.kind == "faiss":  # the approximate index (``ann``) answers; the exact vectors still explain
+      self.ann = ann.read(os.path.join(index_dir, ann.ANN_FILE), self.meta["ann"])
+      self.index = None
+    else:
+      self.ann = None
+      self.index = search_index.build_index(self.embeddings, np.arange(len(self.paths)), mesh=self.mesh,
+                                            dtype=np.float32)
     if warm:
       start = time.perf_counter()
       self.search(["a person"], 1)
@@ -154,7 +160,10 @@ class Searcher:
   def _top(self, vectors: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per query [S, D] vectors [T] → (scores, rows), T arrays [≤ k_search] each: a row's score is its best over S."""
     flat = np.concatenate(vectors)
-    scores, ids = search_index.search_batched(self.index, flat, self.k_search, query_batch=self.query_batch)
+    if self.ann is not None:
+      scores, ids = ann.search(self.ann, flat, self.k_search)
+    else:
+      scores, ids = search_index.search_batched(self.index, flat, self.k_search, query_batch=self.query_batch)
     out_s, out_i, at = [], [], 0
     for v in vectors:
       s, i = scores[at:at + len(v)], ids[at:at + len(v)]
@@ -167,8 +176,9 @@ class Searcher:
         order = sorted(best, key=lambda r: (-best[r], r))[:self.k_search]
         s = np.asarray([[best[r] for r in order]], np.float32)
         i = np.asarray([order], np.int64)
-      out_s.append(s[0])
-      out_i.append(i[0])
+      found = i[0] >= 0  # an approximate index may find fewer than k_search rows
+      out_s.append(s[0][found])
+      out_i.append(i[0][found])
     return out_s, out_i
 
   def answer(self, texts: Sequence[str], k: int = 10, mode: str = "truncate", phrases: bool = False) -> list[Answer]:

@@ -116,7 +116,7 @@ class SearchServer(ThreadingHTTPServer):
     s = self.searcher
     return {"num_images": s.num_images, "images_root": s.root, "method": s.meta.get("method"),
             "step": s.run.step, "workdir": s.workdir, "parts": s.layout.has_parts,
-            "pieces": list(s.layout.names), "max_k": MAX_K, "max_query_chars": MAX_QUERY_CHARS}
+            "pieces": list(s.layout.names), "max_k": MAX_K, "max_query_chars": MAX_QUERY_CHARS, "kind": s.kind}
 
 
 @functools.lru_cache(maxsize=2048)
