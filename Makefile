@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # For CPU training runs (the demo): glibc malloc with every thread on the main arena, no mmap, no trimming. XLA's CPU
 # runtime allocates one temp buffer per step (278 MB for the demo), by default mmap'd, faulted in and unmapped every
-# step (README, "Training on CPU"). Not for the tests: compilation-heavy work runs slower with it.
+# step (docs/cpu_training.md). Not for the tests: compilation-heavy work runs slower with it.
 CPU_TRAIN_MALLOC ?= glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
 
 .PHONY: env browser test demo benchmark clean
@@ -35,7 +35,7 @@ browser:
 test: env
 	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
 
-# Trains and evaluates the demo, then scores it on 90 galleries of unseen people (docs/study_synthetic.md §1.3).
+# Trains and evaluates the demo, then scores it on 90 galleries of unseen people (docs/study_synthetic.md §3.3).
 demo: env
 	GLIBC_TUNABLES=$(CPU_TRAIN_MALLOC) $(PY) -m tpsearch_jax.main --config=configs/synthetic.py:demo \
 	  --workdir=$${WORKDIR:-/tmp/tpsearch_synthetic}

@@ -27,6 +27,7 @@ import sys
 
 from tpsearch_jax.bench.presets import PRESETS
 from tpsearch_jax.config_files import load_config_module
+from tpsearch_jax.configs import base as base_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -38,7 +39,7 @@ def dims(name: str, batch_size: int | None) -> dict:
     clip, batch, classes, cross = dict(c.model.clip), int(c.train.batch_size), 200, int(c.model.cross_layers)
   else:
     preset = PRESETS[name]
-    base = load_config_module(os.path.join(HERE, os.pardir, "configs", "default.py")).get_config("irra")
+    base = base_config.get_config("irra")
     clip = dict(base.model.clip, **(preset.clip or {}))
     batch, classes, cross = preset.batch_size, preset.num_classes, int(base.model.cross_layers)
   keys = ("embed_dim", "patch_size", "vision_width", "vision_layers", "context_length", "vocab_size", "text_width",

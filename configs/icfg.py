@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from tpsearch_jax.configs import base
 
-# Per-method values on ICFG-PEDES: the FMFA paper's EFA margins (methods.md §2.6) and 100 epochs (§4) [paper].
+# Per-method values on ICFG-PEDES: the FMFA paper's EFA margins (docs/methods.md §2.6) and 100 epochs (§4) [paper].
 PER_METHOD = {
     "fmfa_paper": {"loss.efa_margin_t2e": 0.2, "loss.efa_margin_i2e": 1.0, "schedule.num_epochs": 100},
 }

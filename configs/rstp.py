@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tpsearch_jax.configs import base
 
-# Per-method values on RSTPReid: the FMFA paper's A-SDM α (methods.md §2.5) and EFA margins (§2.6) [paper].
+# Per-method values on RSTPReid: the FMFA paper's A-SDM α (docs/methods.md §2.5) and EFA margins (§2.6) [paper].
 PER_METHOD = {
     "fmfa_paper": {"loss.asdm_alpha": 1.0, "loss.efa_margin_t2e": 0.2, "loss.efa_margin_i2e": 0.8},
 }

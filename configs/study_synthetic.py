@@ -1,4 +1,4 @@
-"""The method study on synthetic_pedes (issue #16): every preset and the part-model ablations, same budget, 3 seeds.
+"""The method study on synthetic_pedes: every preset and the part-model ablations, same budget, 3 seeds.
 
     python -m tpsearch_jax.study --config=configs/study_synthetic.py --out=/tmp/study_out              # 2-core CPU
     python -m tpsearch_jax.study --config=configs/study_synthetic.py:accelerator --out=/tmp/study_big  # GPU / TPU
@@ -36,7 +36,7 @@ VARIANTS = (
 _SAME_RECIPE = (("optim.lr", 1e-3), ("optim.param_groups", ()), ("optim.eps", 1e-8), ("optim.weight_decay", 4e-5))
 _SMALL_TOWERS = (("model.clip.embed_dim", 64), ("model.clip.vision_width", 64), ("model.clip.text_width", 64),
                  ("train.batch_size", 32))
-# The first study (docs/study_synthetic.md §4): lr 3e-3 on the earlier 200-identity data (160 / 20 / 20).
+# The first study (docs/study_synthetic.md §5): lr 3e-3 on the earlier 200-identity data (160 / 20 / 20).
 _FIRST_STUDY = (("optim.lr", 3e-3), ("data.root", "/tmp/tpsearch_data/synthetic_pedes"),
                 ("data.synthetic", dict(num_ids=200, images_per_id=4, seed=0, image_size=(144, 48),
                                         split_fractions=(0.8, 0.1, 0.1))))

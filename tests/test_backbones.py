@@ -16,7 +16,8 @@ from safetensors.numpy import load_file, save_file
 
 import dataset_fixtures
 from tpsearch_jax import batch as batch_lib
-from tpsearch_jax import flops, objectives
+from tpsearch_jax import objectives
+from tpsearch_jax.bench import flops
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.models import backbones, build_model, model_options
 from tpsearch_jax.models.bert import bert_tokenizer

@@ -52,7 +52,7 @@ def test_icfg_override_of_the_unset_selection():
 
 
 def test_defaults_are_the_reference_recipe():
-  """methods.md §4: Adam(0.9, 0.999, eps 1e-3), lr 1e-5, IRRA's groups (×5, bias ×2 wd 0), wd 4e-5 (L2), 5 warm-up
+  """docs/methods.md §4: Adam(0.9, 0.999, eps 1e-3), lr 1e-5, IRRA's groups (×5, bias ×2 wd 0), wd 4e-5 (L2), 5 warm-up
   epochs from 0.1× then cosine stepped per epoch, 60 epochs, batch 64; val selection; 384×128 ViT-B/16. The
   per-method recipes are checked in test_recipes.py."""
   for dataset in ("cuhk", "rstp", "icfg"):
@@ -65,7 +65,7 @@ def test_defaults_are_the_reference_recipe():
     assert (s.name, s.num_epochs, s.warmup_epochs, s.warmup_factor, s.per_step) == ("cosine", 60, 5, 0.1, False)
     assert c.train.batch_size == 64 and c.seed == 1
     assert tuple(c.data.image_size) == (384, 128) and c.model.clip.patch_size == 16
-    assert c.data.caption_uses_mlm_ids  # the reference's masked-caption aliasing (methods.md §5.1)
+    assert c.data.caption_uses_mlm_ids  # the reference's masked-caption aliasing (docs/methods.md §5.1)
     assert c.init.clip is None and c.model.dtype == "auto"
   assert load("cuhk").eval.select_on == "val" and load("rstp").eval.select_on == "val"
   assert load("icfg").eval.select_on is None

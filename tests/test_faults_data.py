@@ -1,4 +1,4 @@
-"""Issue #12, data faults: every image a run reads decodes at start-up (cached), one skip rule for missing and corrupt
+"""Data faults: every image a run reads decodes at start-up (cached), one skip rule for missing and corrupt
 files counted per split, and a synthetic_pedes generator that never deletes files it did not write."""
 
 from __future__ import annotations

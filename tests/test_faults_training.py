@@ -1,4 +1,4 @@
-"""Issue #12, training faults: no checkpoint of a non-finite state, restores that fall back past damaged or poisoned
+"""Training faults: no checkpoint of a non-finite state, restores that fall back past damaged or poisoned
 steps, eval-only results in their own file, resuming under changed settings refused, one-line config errors.
 
 Every scenario starts from a copy of one straight 4-step run (CUHK fixture, tiny towers, SDM only, a checkpoint every

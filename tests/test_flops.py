@@ -12,27 +12,21 @@ XLA's cost analysis counts a while-loop body once, whatever the trip count, so t
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
-from tpsearch_jax import flops, losses, objectives
+from tpsearch_jax import losses, objectives
+from tpsearch_jax.bench import flops
+from tpsearch_jax.configs import base
 from tpsearch_jax.models.clip import CLIP, CLIPConfig, ResidualAttentionBlock
 from tpsearch_jax.models import build_model, model_options
 from tpsearch_jax.batch import fake_train_batch as example_batch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 def _default_config(method: str):
-  spec = importlib.util.spec_from_file_location("tpsearch_default_config", ROOT / "configs" / "default.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(method)
+  config = base.get_config(method)
   config.model.dtype = "float32"
   config.model.num_classes = 11003
   return config

@@ -431,7 +431,7 @@ def test_train_forward_encodes_captions_and_masked_copies_like_separate_text_pas
 
 def test_cross_former_init_follows_irra():
   """IRRA model/build.py re-initialises weights only; biases keep PyTorch's defaults: nn.MultiheadAttention zeroes
-  in_proj_bias and out_proj.bias, nn.Linear draws uniform(±1/√fan_in) (methods.md §2.3, IRRA @cfc2378)."""
+  in_proj_bias and out_proj.bias, nn.Linear draws uniform(±1/√fan_in) (docs/methods.md §2.3, IRRA @cfc2378)."""
   width, layers = 64, 4
   x = jnp.zeros((1, 3, width))
   pf = jit(CrossFormer(width, layers, 8).init)(jax.random.key(0), x, x)["params"]

@@ -1,4 +1,5 @@
-"""Optimizer and schedule against independent float64 NumPy re-derivations of the reference recipe (methods.md §4)."""
+"""Optimizer and schedule against independent float64 NumPy re-derivations of the reference recipe (docs/methods.md
+§4)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Faithful recipes: every preset × dataset config carries the published values, IRRA's parameter groups, the
-reference epoch length, and the README recipe table says what the configs train with.
+reference epoch length, and the recipe table of docs/methods.md says what the configs train with.
 
-The expected values are written from ../shared/reference/methods.md (§2.5 A-SDM table, §2.6 EFA table, §4 recipe and
-parameter groups) and the FMFA paper as quoted there, never from the code under test.
+The expected values are written from the references as docs/methods.md cites them (§2.5 A-SDM table, §2.6 EFA table,
+§4 recipe and parameter groups) and the FMFA paper, never from the code under test.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def load(dataset: str, method: str):
   return load_config_module(os.path.join(ROOT, "configs", f"{dataset}.py")).get_config(method)
 
 
-# methods.md §4 (IRRA = code = paper; FMFA HEAD run.sh; FMFA paper), §2.5 (α, gap), §2.6 (margins, LSE t).
+# docs/methods.md §4 (IRRA = code = paper; FMFA HEAD run.sh; FMFA paper), §2.5 (α, gap), §2.6 (margins, LSE t).
 # lr, one_group, bias (lr, wd), weight wd, epochs, batch, α, gap, m_t2e, m_i2e, LSE t, EFA arithmetic.
 IRRA = dict(lr=1e-5, one_group=False, bias=(2e-5, 0.0), wd=4e-5, epochs=60, batch=64)
 HEAD = dict(lr=5e-6, one_group=True, bias=(5e-6, 4e-5), wd=4e-5, epochs=60, batch=64, alpha=0.1, gap="cosine",
@@ -73,7 +73,7 @@ def test_preset_on_dataset_carries_the_published_values(method, dataset):
 
 
 # ------------------------------------------------------------------------------------------------ parameter groups
-# IRRA's build_optimizer (methods.md §4) as a table over IRRA's modules: (module, weight or bias) → (lr, wd) at
+# IRRA's build_optimizer (docs/methods.md §4) as a table over IRRA's modules: (module, weight or bias) → (lr, wd) at
 # lr 1e-5, lr_factor 5, bias_lr_factor 2, wd 4e-5, bias wd 0.
 IRRA_TABLE = {
     ("base_model", "weight"): (1e-5, 4e-5), ("base_model", "bias"): (2e-5, 0.0),
@@ -130,17 +130,17 @@ def test_fmfa_head_trains_every_parameter_at_5e_6_with_weight_decay(irra_params)
   assert {(o.lr * m, w) for m, w in groups} == {(5e-6, 4e-5)}
 
 
-# ------------------------------------------------------------------------------------------------ README table
+# ------------------------------------------------------------------------------------ docs/methods.md recipe table
 
 
 def _readme_rows():
-  text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+  text = open(os.path.join(ROOT, "docs", "methods.md"), encoding="utf-8").read()
   block = text.split("<!-- recipes -->", 1)[1].split("<!-- /recipes -->", 1)[0]
   rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in block.strip().splitlines()]
   return {(r[0].strip("`"), r[1]): r for r in rows[2:]}
 
 
-def test_readme_recipe_table_matches_the_configs():
+def test_methods_doc_recipe_table_matches_the_configs():
   rows = _readme_rows()
   assert set(rows) == set(PUBLISHED)
   for (method, dataset), r in rows.items():
@@ -181,7 +181,7 @@ def test_unknown_per_method_override_is_named():
 
 
 def test_reference_epoch_length_on_cuhk():
-  """methods.md §4: CUHK-PEDES 68,126 captions at batch 64, drop_last=False → 1,065 iterations, the last of 30."""
+  """docs/methods.md §4: CUHK-PEDES 68,126 captions at batch 64, drop_last=False → 1,065 iterations, the last of 30."""
   assert samplers.steps_per_epoch(68126, 64, drop_last=False) == 1065
   assert samplers.steps_per_epoch(68126, 64) == 1064
   s = samplers.RandomSampler(68126, 64, seed=1, drop_last=False)

@@ -6,7 +6,7 @@ The functions a user calls are importable from here and from their own modules (
     tpsearch_jax.load_run(workdir, "best")                  training.runs: a trained run's config, model, params
     tpsearch_jax.read_annotations(name, root)               data.annotations: a benchmark's splits
     tpsearch_jax.retrieval_metrics(sim, q_pids, g_pids)     metrics: R@1/5/10, mAP, mINP
-    tpsearch_jax.sdm_loss(...), tpsearch_jax.losses         losses: every objective (``*_loss``) as a pure function
+    tpsearch_jax.sdm_loss(...), tpsearch_jax.losses         losses, part_losses: every objective (``*_loss``), pure
 
 The names load on first use, so ``import tpsearch_jax`` costs nothing and importing a submodule does not pull in the
 rest of the package.
@@ -29,13 +29,17 @@ _EXPORTS = {
     "retrieval_metrics_from_embeddings": "tpsearch_jax.metrics",
 }
 _LOSSES = "tpsearch_jax.losses"
+_LOSS_MODULES = (_LOSSES, "tpsearch_jax.part_losses")
 
 
-def _loss_names() -> list[str]:
-  """The objectives of ``tpsearch_jax.losses``: its public functions named ``*_loss``."""
-  module = _importlib.import_module(_LOSSES)
-  return sorted(n for n, f in vars(module).items()
-                if n.endswith("_loss") and not n.startswith("_") and _inspect.isfunction(f) and f.__module__ == _LOSSES)
+def _loss_functions() -> dict:
+  """The objectives: the public functions named ``*_loss`` of ``losses`` and ``part_losses``, by name."""
+  out = {}
+  for name in _LOSS_MODULES:
+    module = _importlib.import_module(name)
+    out.update({n: f for n, f in vars(module).items()
+                if n.endswith("_loss") and not n.startswith("_") and _inspect.isfunction(f) and f.__module__ == name})
+  return out
 
 
 def __getattr__(name: str):
@@ -43,10 +47,8 @@ def __getattr__(name: str):
     value = getattr(_importlib.import_module(_EXPORTS[name]), name)
   elif name == "losses":
     value = _importlib.import_module(_LOSSES)
-  elif name.endswith("_loss"):
-    if name not in _loss_names():
-      raise AttributeError(f"module 'tpsearch_jax' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(_LOSSES), name)
+  elif name.endswith("_loss") and name in _loss_functions():
+    value = _loss_functions()[name]
   else:
     raise AttributeError(f"module 'tpsearch_jax' has no attribute {name!r}")
   globals()[name] = value
@@ -54,4 +56,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-  return sorted(set(globals()) | set(_EXPORTS) | {"losses"} | set(_loss_names()))
+  return sorted(set(globals()) | set(_EXPORTS) | {"losses"} | set(_loss_functions()))

@@ -16,12 +16,13 @@ from typing import Mapping
 
 import numpy as np
 
-from tpsearch_jax.models.clip import tokenizer
-
 TRAIN_KEYS = ("images", "caption_ids", "mlm_ids", "mlm_labels", "pids", "image_ids")
 EVAL_IMAGE_KEYS = ("images", "pids", "valid")
 EVAL_TEXT_KEYS = ("caption_ids", "pids", "valid")  # + "index" from the eval pipeline (needed for query subsets)
 MLM_KEYS = ("mlm_ids", "mlm_labels")
+# The CLIP tokenizer's special ids (tpsearch_jax/models/clip/tokenizer.py; tests/test_layers.py checks they agree),
+# written here so that the contract imports no model code.
+SOT_ID, EOT_ID, MASK_ID = 49406, 49407, 49405
 
 
 def train_shapes(config, batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -53,10 +54,10 @@ def fake_train_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.nda
   ids = np.zeros((batch_size, length), np.int32)
   lengths = rng.integers(min(8, length - 1), length, size=batch_size)  # EOT position, ≥ 1
   for i, n in enumerate(lengths):
-    ids[i, 0] = tokenizer.SOT_ID
-    ids[i, 1:n] = rng.integers(1, tokenizer.MASK_ID, size=n - 1)
-    ids[i, n] = tokenizer.EOT_ID
-  eligible = (ids > 0) & (ids < tokenizer.MASK_ID) & (ids != tokenizer.SOT_ID)
+    ids[i, 0] = SOT_ID
+    ids[i, 1:n] = rng.integers(1, MASK_ID, size=n - 1)
+    ids[i, n] = EOT_ID
+  eligible = (ids > 0) & (ids < MASK_ID) & (ids != SOT_ID)
   chosen = eligible & (rng.random(ids.shape) < 0.15)
   labels = np.where(chosen, ids, 0).astype(np.int32)
   num_classes = max(int(config.model.num_classes or 1), 1)
@@ -64,6 +65,6 @@ def fake_train_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.nda
     ids = np.where(ids > 0, rng.integers(1, int(config.model.bert.vocab_size), size=ids.shape), 0).astype(np.int32)
     chosen, labels = np.zeros(ids.shape, bool), np.zeros(ids.shape, np.int32)
   return {"images": rng.standard_normal(shapes["images"][0], dtype=np.float32), "caption_ids": ids,
-          "mlm_ids": np.where(chosen, tokenizer.MASK_ID, ids).astype(np.int32), "mlm_labels": labels,
+          "mlm_ids": np.where(chosen, MASK_ID, ids).astype(np.int32), "mlm_labels": labels,
           "pids": rng.integers(0, num_classes, size=batch_size).astype(np.int32),
           "image_ids": np.arange(batch_size, dtype=np.int32)}

@@ -309,7 +309,7 @@ def efa_loss(text_tokens, image_patches, margin_t2e=0.1, margin_i2e=0.9, lse_tem
   kept inside the LSEs, nothing detached. Defaults are the HEAD values (margins 0.1/0.9, t = 1); the first release
   used t = 0.1 and margins 0.1/0.1. Token and S normalisations divide by max(‖x‖, 1e-12) like torch's F.normalize.
 
-  ``arithmetic="paper"`` follows the paper's equations (methods.md §2.6): threshold ``≥`` 1/N, no normalisation of
+  ``arithmetic="paper"`` follows the paper's equations (docs/methods.md §2.6): threshold ``≥`` 1/N, no normalisation of
   S, and the standard per-anchor LSE: ℓ = mean_j LSE_i(S_ij−S_jj+m) + mean_i LSE_j(S_ij−S_ii+m). The zero diagonal
   stays inside both LSEs (the log(1 + Σ_{negatives}) form) in both variants. The paper's λ is ``lse_temperature``
   (1 in the paper); its margin-LSE temperature τ2 = 1 is implicit here.

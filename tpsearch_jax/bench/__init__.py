@@ -13,7 +13,7 @@ Presets: ``ci`` (tiny model, tiny sizes; a smoke test), ``small`` (384×128 inpu
 metric/search sizes; for CPUs), ``full`` (CLIP ViT-B/16, batch 128, real sizes). Default: ``full`` on GPU/TPU,
 ``small`` on CPU.
 
-Modules: ``cli`` (flags, the run), ``presets`` (presets, workload sizes, method configs), ``records`` (records, JSON,
-Markdown, timing helpers), ``train``, ``eval``, ``metrics``, ``search`` (one section each), ``profile`` (trace → top
-ops).
+Modules: ``cli`` (flags, the run), ``presets`` (presets, workload sizes, method configs), ``flops`` (the analytic
+FLOP count of a train step, device peaks), ``records`` (records, JSON, Markdown, timing helpers), ``train``, ``eval``,
+``metrics``, ``search`` (one section each), ``profile`` (trace → top ops).
 """

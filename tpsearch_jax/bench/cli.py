@@ -12,7 +12,7 @@ from typing import Sequence
 import jax
 
 from tpsearch_jax import bench
-from tpsearch_jax import flops
+from tpsearch_jax.bench import flops
 from tpsearch_jax.bench import eval as eval_bench
 from tpsearch_jax.bench import metrics as metrics_bench
 from tpsearch_jax.bench import profile

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import jax
 
 from tpsearch_jax import batch as batch_lib
-from tpsearch_jax import flops
+from tpsearch_jax.bench import flops
 from tpsearch_jax import sharding
 from tpsearch_jax.bench.presets import Preset, config_summary
 from tpsearch_jax.bench.records import Results, add_peak_memory, median_time

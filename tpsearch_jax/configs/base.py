@@ -1,10 +1,11 @@
-"""Shared base configuration: IRRA's training recipe (methods.md §4) on CLIP ViT-B/16 at 384×128.
+"""Shared base configuration: IRRA's training recipe (docs/methods.md §4) on CLIP ViT-B/16 at 384×128.
 
 ``get_config(method)`` copies the method preset (``tpsearch_jax/models/presets.py``) into ``config.model`` /
-``config.loss`` and applies its recipe overrides ("section.field": value, e.g. FMFA HEAD's lr and single group) to the
-other sections. Dataset files (configs/cuhk.py, icfg.py, rstp.py, synthetic.py) call it, set the data fields and apply
-their per-method table with ``apply_per_method`` (e.g. the FMFA paper's ICFG-PEDES margins and 100 epochs). Every
-field can be overridden on the command line, e.g. ``--config=configs/cuhk.py:fmfa --config.optim.lr=5e-6``.
+``config.loss`` and applies the method's recipe (``configs/recipes.py``: "section.field": value, e.g. FMFA HEAD's lr
+and single group) to the other sections. Dataset files (configs/cuhk.py, icfg.py, rstp.py, synthetic.py) call it,
+set the data fields and apply their per-method table with ``apply_per_method`` (e.g. the FMFA paper's ICFG-PEDES
+margins and 100 epochs). Every field can be overridden on the command line, e.g.
+``--config=configs/cuhk.py:fmfa --config.optim.lr=5e-6``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from tpsearch_jax.configs.recipes import method_recipe
 from tpsearch_jax.models.presets import METHODS, method_preset
 from tpsearch_jax.training import optim
 from tpsearch_jax.user_errors import UserError
@@ -77,7 +79,7 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
       context_length=77,
       tokenizer="clip",  # "clip" (BPE) | "bert" (WordPiece: the pcc_paper_* presets)
       tokenizer_path=config_dict.placeholder(str),  # BERT folder or vocab.txt; None: config.init.bert's folder
-      caption_uses_mlm_ids=True,  # reference quirk: every loss sees the masked caption (methods.md §5.1)
+      caption_uses_mlm_ids=True,  # reference quirk: every loss sees the masked caption (docs/methods.md §5.1)
       augment=True,
       random_erasing=0.5,
       color_jitter=False,
@@ -151,5 +153,5 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
       run=config_dict.placeholder(str),
       run_exclude=config_dict.placeholder(str),
   ))
-  apply_overrides(c, preset["recipe"], f"models/presets.py:{method}")
+  apply_overrides(c, method_recipe(method), f"configs/recipes.py:{method}")
   return c

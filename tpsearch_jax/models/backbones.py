@@ -93,18 +93,6 @@ def encode_text(model, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
   return tokens, tokens[:, 0]
 
 
-def check_frozen_stats(config) -> None:
-  """With the ResNet backbone, the BatchNorm statistics must get lr × 0 and no weight decay from the param groups."""
-  from tpsearch_jax.training import optim  # here: training imports the models package
-  if config.model.get("backbone", "clip") != "rn50_bert":
-    return
-  lr, wd = optim.param_group(STATS_PROBE, config.optim)
-  if lr != 0 or wd != 0:
-    raise ValueError(f"config.optim.param_groups give the frozen ResNet BatchNorm statistics ('{FROZEN_STATS}') "
-                     f"lr x{lr:g} and weight decay {wd:g}; they must stay fixed: put (r'{FROZEN_STATS}', 0.0, 0.0) "
-                     f"first (optim.PAPER_GROUPS does)")
-
-
 def _require_same(path, what: str, have, want) -> None:
   if have != want:
     raise CheckpointError(f"{path}: {what} checkpoint architecture differs from the model config: checkpoint "

@@ -1,13 +1,11 @@
-"""Method presets: each method is what it changes in the model options, loss weights and training recipe, not a
-separate code path.
+"""Method presets: each method is what it changes in the model options and loss weights, not a separate code path.
 
 The defaults live in the option dataclasses (``ModelOptions``, ``PartOptions``, ``EmbedWeights``,
-``objectives.LossOptions``) and, for the recipe (optimizer, schedule, data, train), in the base config
-(``tpsearch_jax/configs/base.py``, which is IRRA's recipe); a preset lists only what its method sets differently.
-``method_preset(name)`` → ``{"model": {...}, "loss": {...}, "recipe": {"section.field": value}}``: the full model and
-loss sections (defaults + overrides) that the base config copies into ``config.model`` / ``config.loss``, and the
-recipe overrides it applies to the other sections. Dataset configs (``configs/<dataset>.py``) then apply their
-per-method table (e.g. FMFA paper margins and epochs on ICFG-PEDES). Sources of every value: README "Methods".
+``objectives.LossOptions``); a preset lists only what its method sets differently. ``method_preset(name)`` →
+``{"model": {...}, "loss": {...}}``: the full model and loss sections (defaults + overrides) that the base config
+copies into ``config.model`` / ``config.loss``. A method's optimizer, schedule and data settings are its recipe, in the
+config layer (``tpsearch_jax/configs/recipes.py``); dataset configs (``configs/<dataset>.py``) then apply their
+per-method table (e.g. FMFA paper margins and epochs on ICFG-PEDES). Provenance of every value: docs/methods.md.
 """
 
 from __future__ import annotations
@@ -17,49 +15,35 @@ import dataclasses
 
 from tpsearch_jax.models.retrieval import ModelOptions
 from tpsearch_jax.objectives import LossOptions
-from tpsearch_jax.training.optim import NEW_MODULE_GROUPS, PAPER_GROUPS
 
 _PARTS = dict(use_parts=True)
-# Park et al.'s backbones with the lineage recipe (methods.md §3; LGUR train_mydecoder_pixelvit_txtimg_3_bert.py and
-# option/options.py): Adam (0.9, 0.999, PyTorch eps 1e-8, no weight decay passed), lr 1e-3 with LGUR's groups (BERT
-# frozen, image backbone and part model 1e-4, projections and classifier 1e-3), MultiStepLR ×0.1 at 20/40/50 without
-# warm-up, 60 epochs, batch 64 (the base), captions of up to 100 BERT word pieces (LGUR caption_length_max), unmasked.
-_PAPER_RECIPE = {"optim.lr": 1e-3, "optim.eps": 1e-8, "optim.weight_decay": 0.0, "optim.lr_factor": 0.1,
-                 "optim.param_groups": PAPER_GROUPS, "schedule.name": "step", "schedule.milestones": (20, 40, 50),
-                 "schedule.gamma": 0.1, "schedule.warmup_epochs": 0, "data.tokenizer": "bert",
-                 "data.context_length": 100, "data.caption_uses_mlm_ids": False}
 _PAPER_LOSSES = dict(id=1.0, triplet=1.0, cmr=1.0)
 
-# name → (model overrides, loss overrides, recipe overrides {"section.field": value} over the base config)
+# name → (model overrides, loss overrides); the recipe of each method: tpsearch_jax/configs/recipes.py
 _METHODS = {
     # CLIP fine-tuning with SDM on the CLS / EOT features, IRRA's recipe.
-    "clip": ({}, dict(sdm=1.0), {}),
+    "clip": ({}, dict(sdm=1.0)),
     # IRRA (anosorae/IRRA @cfc2378): SDM + ID + MLM through the cross-former, all weight 1; the base recipe is IRRA's.
-    "irra": ({}, dict(sdm=1.0, id=1.0, mlm=1.0), {}),
+    "irra": ({}, dict(sdm=1.0, id=1.0, mlm=1.0)),
     # FMFA as released (yinhao1102/FMFA HEAD d0a3403, run.sh): A-SDM α 0.1 with the raw-cosine gap, EFA margins
-    # 0.1/0.9, LSE t 1, released EFA arithmetic; every parameter at lr 5e-6 with wd 4e-5 (groups commented out).
-    "fmfa": ({}, dict(asdm=1.0, id=1.0, mlm=1.0, efa=1.0),
-             {"optim.lr": 5e-6, "optim.param_groups": ()}),
+    # 0.1/0.9, LSE t 1, released EFA arithmetic; its recipe: every parameter at lr 5e-6 with wd 4e-5.
+    "fmfa": ({}, dict(asdm=1.0, id=1.0, mlm=1.0, efa=1.0)),
     # FMFA paper (arXiv 2509.13754): A-SDM Eq. 2 (α 10, probability gap); EFA with the paper's arithmetic, λ = 1 and
     # the CUHK margins (configs/icfg.py, rstp.py set theirs); IRRA's optimizer, groups and schedule (the base recipe).
     "fmfa_paper": ({}, dict(asdm=1.0, id=1.0, mlm=1.0, efa=1.0, asdm_alpha=10.0, asdm_gap="prob",
-                            efa_margin_t2e=0.1, efa_margin_i2e=0.1, efa_lse_temperature=1.0, efa_arithmetic="paper"),
-                   {}),
+                            efa_margin_t2e=0.1, efa_margin_i2e=0.1, efa_lse_temperature=1.0, efa_arithmetic="paper")),
     # Park et al. (arXiv 2501.00318): max-pooled global + shared-decoder coarse + stripe parts; ID + triplet + CMR.
     # Recipe: IRRA's, with ×lr_factor for every new module (our choice; the paper's optimizer is not used here).
-    "pcc": (dict(_PARTS, global_pool="max"), dict(id=1.0, triplet=1.0, cmr=1.0),
-            {"optim.param_groups": NEW_MODULE_GROUPS}),
+    "pcc": (dict(_PARTS, global_pool="max"), dict(id=1.0, triplet=1.0, cmr=1.0)),
     # FMFA objectives on the CLS / EOT global embedding + the part model: triplet on the coarse embeddings
     # (global_loss "sdm" keeps the global embedding out of it), CMR on the parts. Recipe as pcc.
-    "combined": (dict(_PARTS), dict(asdm=1.0, id=1.0, mlm=1.0, efa=1.0, triplet=1.0, cmr=1.0, global_loss="sdm"),
-                 {"optim.param_groups": NEW_MODULE_GROUPS}),
+    "combined": (dict(_PARTS), dict(asdm=1.0, id=1.0, mlm=1.0, efa=1.0, triplet=1.0, cmr=1.0, global_loss="sdm")),
     # Park et al. as published [S]: BERT-base-uncased + ImageNet ViT-B/16 (24×8 patch grid at 384×128), projected to
-    # E = 512; the pcc part model and losses; the lineage recipe above.
-    "pcc_paper_vit": (dict(_PARTS, global_pool="max", backbone="vit_bert"), _PAPER_LOSSES,
-                      dict(_PAPER_RECIPE, **{"data.normalization": "half"})),
+    # E = 512; the pcc part model and losses; the lineage recipe (configs/recipes.py PAPER_RECIPE).
+    "pcc_paper_vit": (dict(_PARTS, global_pool="max", backbone="vit_bert"), _PAPER_LOSSES),
     # The same with ResNet-50 (frozen BatchNorm statistics), last stride 1: a 24×8 map at 384×128.
     "pcc_paper_rn50": (dict(_PARTS, global_pool="max", backbone="rn50_bert", resnet=dict(last_stride=1)),
-                       _PAPER_LOSSES, dict(_PAPER_RECIPE, **{"data.normalization": "imagenet"})),
+                       _PAPER_LOSSES),
 }
 
 METHODS = tuple(_METHODS)
@@ -78,17 +62,17 @@ def loss_defaults() -> dict:
   return dataclasses.asdict(LossOptions())
 
 
-def method_overrides(name: str) -> tuple[dict, dict, dict]:
-  """Method name → (model overrides, loss overrides, recipe overrides): only what differs from the defaults."""
+def method_overrides(name: str) -> tuple[dict, dict]:
+  """Method name → (model overrides, loss overrides): only what differs from the defaults."""
   if name not in _METHODS:
     raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
   return copy.deepcopy(_METHODS[name])
 
 
 def method_preset(name: str) -> dict:
-  """Method name → {"model": dict (incl. "name"), "loss": dict, "recipe": {"section.field": value}}: model and loss
-  are defaults + overrides, recipe only the overrides of the base config; fresh dicts on every call."""
-  model_over, loss_over, recipe = method_overrides(name)
+  """Method name → {"model": dict (incl. "name"), "loss": dict}: defaults + the method's overrides; fresh dicts on
+  every call."""
+  model_over, loss_over = method_overrides(name)
   model = model_defaults()
   for key, value in model_over.items():  # nested sections (part, resnet, ...) are updated, not replaced
     if isinstance(value, dict) and isinstance(model.get(key), dict):
@@ -96,7 +80,7 @@ def method_preset(name: str) -> dict:
     else:
       model[key] = value
   model["name"] = name
-  return {"model": model, "loss": dict(loss_defaults(), **loss_over), "recipe": recipe}
+  return {"model": model, "loss": dict(loss_defaults(), **loss_over)}
 
 
 def tiny_model_config(method: str, num_classes: int = 8, vocab_size: int = 49408, dtype: str = "float32") -> dict:

@@ -9,6 +9,7 @@ from absl import logging
 
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.models import backbones, resolve_dtype
+from tpsearch_jax.training import optim
 from tpsearch_jax.user_errors import UserError
 
 SELECT_CHOICES = ("val", "test", "none")
@@ -64,7 +65,18 @@ def _check_text_side(c: ml_collections.ConfigDict) -> None:
   bert_init = c.init.get("bert")
   if not c.data.get("tokenizer_path") and bert_init and os.path.isdir(bert_init):
     c.data.tokenizer_path = bert_init  # the folder's vocab.txt
-  backbones.check_frozen_stats(c)
+  _check_frozen_stats(c)
+
+
+def _check_frozen_stats(c: ml_collections.ConfigDict) -> None:
+  """With the ResNet backbone, the BatchNorm statistics must get lr × 0 and no weight decay from the param groups."""
+  if c.model.get("backbone", "clip") != "rn50_bert":
+    return
+  lr, wd = optim.param_group(backbones.STATS_PROBE, c.optim)
+  if lr != 0 or wd != 0:
+    raise ValueError(f"config.optim.param_groups give the frozen ResNet BatchNorm statistics "
+                     f"('{backbones.FROZEN_STATS}') lr x{lr:g} and weight decay {wd:g}; they must stay fixed: put "
+                     f"(r'{backbones.FROZEN_STATS}', 0.0, 0.0) first (optim.PAPER_GROUPS does)")
 
 
 def warn_if_test_selection(config) -> None:

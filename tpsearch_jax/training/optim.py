@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule of the IRRA/FMFA recipe (methods.md §4), in optax.
+"""Optimizer and learning-rate schedule of the IRRA/FMFA recipe (docs/methods.md §4), in optax.
 
 The reference uses ``torch.optim.Adam(weight_decay=wd)``: the decay is an L2 term *added to the gradient before the
 Adam moments* (not AdamW's decoupled decay), so it is reproduced here as ``g + wd·p`` ahead of ``scale_by_adam``.
@@ -10,7 +10,7 @@ and ``optim.weight_decay``. ``lr_mult`` / ``wd`` are numbers or names of ``confi
 ``"weight_decay_bias"`` …), so the rules follow a command-line change of those fields. An empty sequence is one
 group (FMFA HEAD: every parameter at lr, wd on all of them, biases included).
 
-``IRRA_GROUPS`` is IRRA's ``solver/build.py:build_optimizer`` (anosorae/IRRA @cfc2378; methods.md §4), whose rules
+``IRRA_GROUPS`` is IRRA's ``solver/build.py:build_optimizer`` (anosorae/IRRA @cfc2378; docs/methods.md §4), whose rules
 test substrings of PyTorch parameter names, later rules overriding earlier ones:
 
   1. every parameter: lr × 1, wd = ``optim.weight_decay``;
