@@ -35,11 +35,13 @@ METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 def families(identities: Sequence[Mapping[str, Any]], split: str) -> list[list[int]]:
   """attributes.json identities + split → the split's identity ids grouped by twin pair ([id] or [id, twin])."""
   in_split = {p["id"] for p in identities if p["split"] == split}
-  groups: dict[int, list[int]] = {}
+  partner = {}  # the twin_of link either way: the generator's ids are shuffled, so it may point to a larger id
   for p in identities:
-    if p["id"] in in_split:
-      twin = p["twin_of"] if p["twin_of"] in in_split else None
-      groups.setdefault(min(p["id"], twin or p["id"]), []).append(p["id"])
+    if p["id"] in in_split and p["twin_of"] in in_split:
+      partner[p["id"]], partner[p["twin_of"]] = p["twin_of"], p["id"]
+  groups: dict[int, list[int]] = {}
+  for pid in in_split:
+    groups.setdefault(min(pid, partner.get(pid, pid)), []).append(pid)
   return [sorted(g) for _, g in sorted(groups.items())]
 
 
