@@ -2,8 +2,8 @@
 level or inside a function), read with ``ast``.
 
 Bottom to top: the contracts (``user_errors``, ``batch``, ``sharding``, ``config_files``); the math (``losses``,
-``masked_mlm``, ``metrics``); ``objectives``; ``models``; the data side (``data``) and the training library
-(``training``), ``evaluate``; the config layer (``configs``: method recipes, the base config); the orchestrators
+``part_losses``, ``masked_mlm``, ``metrics``, ``binding``); ``objectives``; ``models``; the data side (``data``) and
+the training library (``training``), ``evaluate``, ``evaluate_binding``; the config layer (``configs``: method recipes, the base config); the orchestrators
 (``training.trainer`` / ``setup`` / ``eval_only``, ``search``, ``bench``, ``study``, ``main``, ``benchmark``).
 """
 
@@ -35,16 +35,16 @@ RULES = [
      "the networks know nothing about objectives or batches"),
     (r"tpsearch_jax\.(batch|user_errors|sharding|config_files)$", r"tpsearch_jax\.(?!user_errors$)",
      "the contracts import nothing of the package (user_errors aside)"),
-    (r"tpsearch_jax\.(losses|part_losses|masked_mlm|metrics|objectives)$",
+    (r"tpsearch_jax\.(losses|part_losses|masked_mlm|metrics|binding|objectives)$",
      r"tpsearch_jax\.(models|training|configs|data|evaluate|batch)\b|" + ORCHESTRATORS,
      "the math and the objectives sit below the models"),
     (r"tpsearch_jax\.data\b", r"tpsearch_jax\.(training|configs|evaluate|objectives)\b|" + ORCHESTRATORS,
      "data reads files and makes batches; it knows nothing of training"),
-    (r"tpsearch_jax\.(training|evaluate)\b", r"tpsearch_jax\.configs\b",
+    (r"tpsearch_jax\.(training|evaluate|evaluate_binding)\b", r"tpsearch_jax\.configs\b",
      "the training library takes a config; it does not build one"),
     (r"tpsearch_jax\.(?!(main|benchmark|cli_help)$|search\b|bench\b|study\b|training\.(trainer|setup|eval_only)$)\w+",
      ORCHESTRATORS, "the library never imports an orchestrator"),
-    (r"tpsearch_jax\.(search|bench|models|evaluate|metrics|objectives|losses)\b"
+    (r"tpsearch_jax\.(search|bench|models|evaluate|evaluate_binding|metrics|binding|objectives|losses)\b"
      r"|tpsearch_jax\.training\.(state|optim|checkpointing|runs|resume_checks|config_checks|progress)$",
      TF, "TensorFlow stays on the data side"),
 ]
