@@ -50,10 +50,12 @@ def test_library_info_is_dropped_unless_verbose():
   handler = absl_logging.get_absl_handler()
   library = os.path.join(os.path.dirname(logging.__file__), "orbax", "checkpoint", "manager.py")
   ours = os.path.join(cli_help.PACKAGE_DIR, "training", "trainer.py")
+  metrics = os.path.join(os.path.dirname(library), os.pardir, os.pardir, "clu", "metric_writers", "logging_writer.py")
   try:
     cli_help.quiet_libraries(verbose=False)
     assert not handler.filter(_record(library, logging.INFO))
     assert handler.filter(_record(library, logging.WARNING)) and handler.filter(_record(ours, logging.INFO))
+    assert handler.filter(_record(metrics, logging.INFO))  # the training metric lines, written through CLU
     cli_help.quiet_libraries(verbose=True)
     assert handler.filter(_record(library, logging.INFO))
   finally:

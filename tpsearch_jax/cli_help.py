@@ -18,6 +18,8 @@ from absl import logging as absl_logging
 
 HELP_ARGS = ("--help", "-h", "-help", "--helpshort", "-?")
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# INFO lines kept without --verbose: this package's, and the metric lines it writes through CLU's logging writer.
+OWN_INFO = (PACKAGE_DIR + os.sep, os.sep + os.path.join("clu", "metric_writers") + os.sep)
 
 
 def wants_help(argv: Sequence[str]) -> bool:
@@ -82,10 +84,11 @@ def exit_with_help(text: str) -> None:
 
 
 class _ProjectInfoOnly(logging.Filter):
-  """Passes warnings and errors, and INFO records logged from this package's files."""
+  """Passes warnings and errors, and the INFO records of ``OWN_INFO``'s files."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or os.path.abspath(record.pathname).startswith(PACKAGE_DIR)
+    path = os.path.abspath(record.pathname)
+    return record.levelno >= logging.WARNING or path.startswith(OWN_INFO[0]) or OWN_INFO[1] in path
 
 
 _FILTER = _ProjectInfoOnly()
