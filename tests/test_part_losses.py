@@ -110,3 +110,19 @@ def test_objective_wiring_of_mining_and_reduction():
   np.testing.assert_allclose(float(terms["cmr"]), want, rtol=1e-5)
   with pytest.raises(ValueError, match="config.loss.ranking_mining"):
     objectives.check_loss_options(objectives.LossOptions(triplet=1.0, ranking_mining="x"), use_parts=True)
+
+
+def test_id_on_the_global_piece_only():
+  rng = np.random.default_rng(8)
+  b, m, k = 6, 4, 5
+  y = np.array([0, 1, 2, 0, 3, 4], np.int32)
+  li, lt = (rng.normal(size=(b, m, k)).astype(np.float32) for _ in range(2))
+  outputs = {"image": {"global": np.ones((b, 2), np.float32)}, "text": {"global": np.ones((b, 2), np.float32)},
+             "image_logits": li, "text_logits": lt}
+  for pieces, n in (("all", m), ("global", 1)):
+    _, terms = objectives.compute_losses(outputs, {"pids": y}, objectives.LossOptions(id=1.0, id_pieces=pieces),
+                                         jax.random.key(0))
+    want = ref.id_loss(li[:, :n].reshape(-1, k), lt[:, :n].reshape(-1, k), np.repeat(y, n))
+    np.testing.assert_allclose(float(terms["id"]), want, rtol=1e-5)
+  with pytest.raises(ValueError, match="config.loss.id_pieces"):
+    objectives.check_loss_options(objectives.LossOptions(id=1.0, id_pieces="coarse"), use_parts=True)

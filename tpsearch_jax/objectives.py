@@ -7,7 +7,7 @@ that only it needs are not built (``required_heads``), which the analytic FLOP c
 Wiring:
   sdm / asdm / itc  global embeddings.
   id                shared classifier on every embedding piece of both modalities (global only without the part
-                    model); the term is the mean over pieces of ½[CE(image) + CE(text)].
+                    model, or with ``id_pieces="global"``); the term is the mean over pieces of ½[CE(image) + CE(text)].
   mlm               cross-former on the re-encoded ``mlm_ids`` against all image tokens; labels 0 are ignored; the
                     vocabulary projection runs at the labelled positions only (``masked_mlm``, exact) unless
                     ``mlm_head="full"``.
@@ -69,6 +69,7 @@ class LossOptions:
   # (every positive of the identity); "sum" (lineage) over anchors, directions and pieces | "mean" over them
   ranking_mining: str = "semi_hard"
   ranking_reduction: str = "sum"
+  id_pieces: str = "all"  # the ID term on "all" embedding pieces (lineage) | "global": the global embedding only
 
   @property
   def needs_classifier(self) -> bool:
@@ -103,6 +104,8 @@ def check_loss_options(loss: LossOptions, use_parts: bool) -> None:
   if loss.efa_arithmetic not in losses.EFA_ARITHMETIC:
     raise ValueError(f"config.loss.efa_arithmetic must be one of {losses.EFA_ARITHMETIC}, got {loss.efa_arithmetic!r}")
   part_losses.check_ranking_options(loss.ranking_mining, loss.ranking_reduction)
+  if loss.id_pieces not in ("all", "global"):
+    raise ValueError(f"config.loss.id_pieces must be 'all' or 'global', got {loss.id_pieces!r}")
   if loss.global_loss not in ("triplet", "sdm"):
     raise ValueError(f"config.loss.global_loss must be 'triplet' or 'sdm', got {loss.global_loss!r}")
   if loss.cmr and not use_parts:
@@ -172,8 +175,10 @@ def compute_losses(outputs: Mapping, batch: Mapping[str, jax.Array], loss: LossO
   if loss.needs_classifier:
     img_logits, txt_logits = _f32(outputs["image_logits"]), _f32(outputs["text_logits"])  # [B, M, K]
     if loss.id:
-      b, m, k = img_logits.shape
-      terms["id"] = losses.id_loss(img_logits.reshape(b * m, k), txt_logits.reshape(b * m, k), jnp.repeat(pids, m),
+      id_img, id_txt = (img_logits[:, :1], txt_logits[:, :1]) if loss.id_pieces == "global" else (img_logits,
+                                                                                                   txt_logits)
+      b, m, k = id_img.shape
+      terms["id"] = losses.id_loss(id_img.reshape(b * m, k), id_txt.reshape(b * m, k), jnp.repeat(pids, m),
                                    valid=None if valid is None else jnp.repeat(valid, m))
     terms["img_acc"] = _accuracy(img_logits[:, 0], pids, valid)
     terms["txt_acc"] = _accuracy(txt_logits[:, 0], pids, valid)
