@@ -157,7 +157,7 @@ def main(argv=None) -> int:
   print(f"base {base.shape}, queries {queries.shape}, devices {jax.device_count()}, faiss threads {ann.threads()}",
         flush=True)
   results = {"host": platform.node(), "cpus": os.cpu_count(), "python": sys.version.split()[0], "jax": jax.__version__,
-             "numpy": np.__version__, "faiss": __import__("faiss").__version__, "load_before": os.getloadavg(),
+             "numpy": np.__version__, "faiss": ann.version(), "load_before": os.getloadavg(),
              "base": list(base.shape), "queries": len(queries), "noise": args.noise, "rows": []}
   for rows in (int(r) for r in args.rows.split(",")):
     truth = ground_truth(base, rows, queries, args.noise, args.seed)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
+from tpsearch_jax import user_errors
+
 ANN_FILE = "ann.faiss"
 KINDS = ("exact", "faiss")
 DEFAULT_PROBE = {"IVF": 32, "HNSW": 128}  # nprobe of an inverted file, efSearch of a graph
@@ -26,7 +28,6 @@ def _faiss():
   try:
     import faiss  # pylint: disable=import-outside-toplevel  (optional heavy dependency, only for --kind=faiss)
   except ImportError as e:
-    from tpsearch_jax import user_errors  # pylint: disable=import-outside-toplevel  (only on this error path)
     raise user_errors.UserError("--kind=faiss needs the faiss-cpu package: pip install 'faiss-cpu>=1.8,<2'") from e
   return faiss
 
@@ -85,6 +86,10 @@ def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
   """queries f32 [Q, D] (L2-normalised) → (scores f32 [Q, k] descending, rows int64 [Q, k]; −1 where fewer)."""
   scores, rows = index.search(np.ascontiguousarray(queries, np.float32), int(k))
   return scores.astype(np.float32), rows.astype(np.int64)
+
+
+def version() -> str:
+  return _faiss().__version__
 
 
 def threads(n: int | None = None) -> int:

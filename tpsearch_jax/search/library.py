@@ -6,8 +6,10 @@ An index folder (format 3) holds
   stats.npy        int64 [n, 2]    (size, mtime_ns) of each file when encoded: re-indexing encodes only new/changed ones
   foreground.npy   float16 [n, N]  the part model's foreground map over the N = gh·gw patches (part models only)
   skipped.json     unreadable files of the last run (with --skip_bad): [[path, error]]
+  ann.faiss        the approximate index over embeddings.npy (``--kind=faiss`` only; ``ann``)
   index.json       written last: images root, the run, its fingerprint (config hash, checkpoint folder relative to
-                   the run + step, D), the sha256 of every file above but skipped.json, the piece layout
+                   the run + step, D), the sha256 of every file above but skipped.json, the piece layout, the kind
+                   ("exact" | "faiss", with its "ann" record) and, for a dataset split, "dataset"
 Reading an index checks the checksums; ``load_pinned_run`` loads exactly the fingerprinted checkpoint (from the
 recorded run folder or a moved copy of it) and refuses anything else with one line saying how to fix it. Images go
 through the evaluation pipeline's preprocessing (``data.preprocess``), so an index ranks as evaluation measured.
