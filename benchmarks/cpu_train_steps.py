@@ -32,7 +32,7 @@ def measure(config_arg: str, warmup: int, steps: int) -> dict:
   """Times ``steps`` train steps of ``config_arg`` ("file.py:arg") in this process -> a result row."""
   config = load_config(config_arg)
   with tempfile.TemporaryDirectory() as workdir:
-    s = build_setup(config, workdir, train=True)
+    s = build_setup(config, train=True)
     train_step = state_lib.make_train_step(config, s.model, s.tx, s.mesh, s.shardings)
     state = initial_state(s)
     batches = shd.prefetch_to_mesh(s.train_data.iterator(0), s.mesh, int(config.train.prefetch))

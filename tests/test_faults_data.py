@@ -76,7 +76,7 @@ def test_build_setup_fails_on_a_bad_test_image_before_building_the_model(tmp_pat
   config.data.update(name="cuhk_pedes", root=root, image_size=(32, 16))
   monkeypatch.setattr(setup_lib, "build_model", lambda *a: pytest.fail("the model was built before the data check"))
   with pytest.raises(ImageDecodeError, match=r"test split.*p1_s1\.jpg"):
-    setup_lib.build_setup(config, str(tmp_path / "run"), train=True)
+    setup_lib.build_setup(config, train=True)
 
 
 def test_decode_check_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch, caplog):

@@ -114,7 +114,9 @@ def test_step_with_finite_loss_and_nonfinite_update_is_never_saved_and_the_rerun
   with pytest.raises(trainer.NonFiniteLossError, match=r"non-finite (grad_norm|param_norm) at step 3 .*loss=[0-9]"):
     trainer.train_and_evaluate(diverging, workdir)
   assert _steps(workdir) == ["1", "2"]  # step 3 was not written
-  trainer.train_and_evaluate(_config(straight["root"]), workdir)  # the same command as before: resumes from 2
+  with pytest.raises(UserError, match=r"optim.lr: 1e\+300 → 1e-05.*allow_config_change=True"):  # config.json: 1e300
+    trainer.train_and_evaluate(_config(straight["root"]), workdir)
+  trainer.train_and_evaluate(_config(straight["root"], **{"train.allow_config_change": True}), workdir)  # from 2
   _assert_params_equal(_params(workdir, _config(straight["root"]), STEPS), straight["params"])
 
 
@@ -142,7 +144,9 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_step(straight, dam
   else:
     shutil.rmtree(os.path.join(newest, "meta"))
   trainer.train_and_evaluate(_config(straight["root"]), workdir)
-  assert f"{STEPS}.unreadable" in _steps(workdir) and str(STEPS) in _steps(workdir)
+  assert str(STEPS) in _steps(workdir)  # saved again by the rerun; the damaged one is kept in quarantine/
+  assert os.listdir(os.path.join(workdir, "quarantine", f"checkpoints-{STEPS}-unreadable", "state"))
+  assert checkpointing.quarantined(workdir)[0].startswith(f"{newest} moved here")
   assert any(f"checkpoint {newest} is unreadable" in r.getMessage() for r in caplog.records)
   _assert_params_equal(_params(workdir, _config(straight["root"]), STEPS), straight["params"])
   got = json.load(open(os.path.join(workdir, "results.json")))["splits"]["test"]
@@ -160,7 +164,8 @@ def test_poisoned_checkpoint_from_an_older_version_is_set_aside(straight):
   ckpt.save(STEPS + 1, bad, dict(meta, step=STEPS + 1))
   ckpt.close()
   trainer.train_and_evaluate(config, workdir)
-  assert f"{STEPS + 1}.nonfinite" in _steps(workdir)
+  assert os.path.isdir(os.path.join(workdir, "quarantine", f"checkpoints-{STEPS + 1}-nonfinite"))
+  assert "non-finite arrays" in checkpointing.quarantined(workdir)[0]
   assert json.load(open(os.path.join(workdir, "results.json")))["splits"]["test"]["step"] == STEPS
 
 
@@ -169,7 +174,7 @@ def test_no_intact_checkpoint_is_one_clear_error(straight):
   for step in (3, 4):
     shutil.rmtree(os.path.join(workdir, "checkpoints", str(step), "meta"))
   with pytest.raises(checkpointing.NoIntactCheckpoint, match=r"no intact checkpoint .*checkpoints/4: unreadable.*"
-                     r"checkpoints/3: unreadable.*move the work directory aside"):
+                     r"checkpoints/3: unreadable.*use a new --workdir"):
     trainer.train_and_evaluate(_config(straight["root"]), workdir)
 
 
@@ -234,3 +239,88 @@ def test_main_reports_input_mistakes_on_one_line(tmp_path, args, message):
   errors = [line for line in out.stderr.splitlines() if line.startswith("tpsearch_jax.main: error")]
   assert out.returncode == 2, out.stderr[-2000:]
   assert "Traceback" not in out.stderr and len(errors) == 1 and message in errors[0], out.stderr[-2000:]
+
+
+# Run identity: a finished run is never changed by a command with the wrong config or the wrong folder.
+
+def _hashes(folder):
+  """{relative path: sha256} of every file under ``folder``."""
+  import hashlib
+  out = {}
+  for dirpath, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(dirpath, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def _finished_copy(straight, name):
+  workdir = _copy(straight, name)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    f.write(straight["results"])
+  return workdir
+
+
+def test_rerun_with_another_model_config_is_refused_and_changes_nothing(straight):
+  workdir = _finished_copy(straight, "wrong_config")
+  before = _hashes(workdir)
+  other = _config(straight["root"])
+  other.model.clip.text_layers += 1  # another architecture: the state tree differs
+  with pytest.raises(UserError, match=r"holds a run made with another config: model.clip.text_layers: 1 → 2\. "
+                     r"Nothing was changed.*run's own config.*new --workdir"):
+    trainer.train_and_evaluate(other, workdir)
+  recipe = _config(straight["root"], **{"optim.lr": 3e-4})
+  with pytest.raises(UserError, match=r"other settings: optim.lr: 1e-05 → 0.0003\. Nothing was changed.*"
+                     r"allow_config_change=True"):
+    trainer.train_and_evaluate(recipe, workdir)
+  assert _hashes(workdir) == before
+
+
+def test_checkpoints_of_another_shape_are_refused_not_set_aside(straight):
+  """Without config.json (copied checkpoints), the checkpoint's own array shapes decide: a mismatch is a refusal."""
+  workdir = _finished_copy(straight, "wrong_shape")
+  os.remove(os.path.join(workdir, "config.json"))
+  before = _hashes(workdir)
+  other = _config(straight["root"])
+  other.model.clip.embed_dim *= 2
+  with pytest.raises(checkpointing.StateMismatch, match=r"checkpoints/4 holds a state of another shape .*arrays "
+                     r"differ, first: .*saved \(.*\) vs \(.*\) now.*Nothing was changed"):
+    trainer.train_and_evaluate(other, workdir)
+  assert _hashes(workdir) == before and not os.path.exists(os.path.join(workdir, "quarantine"))
+
+
+def test_eval_uses_the_runs_own_config_and_never_overwrites(straight):
+  workdir = _finished_copy(straight, "eval_own_config")
+  want = json.loads(straight["results"])["splits"]["test"]
+  first = eval_only.evaluate_only(None, workdir)["splits"]["test"]  # no --config: config.json
+  assert (first["R1"], first["mAP"], first["step"]) == (want["R1"], want["mAP"], want["step"])
+  eval_only.evaluate_only(None, workdir)
+  names = sorted(f for f in os.listdir(workdir) if f.startswith("results_eval_"))
+  assert names == [f"results_eval_checkpoints_step{STEPS}{s}.json" for s in ("", "_2", "_2_config", "_config")]
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert f.read() == straight["results"]
+
+
+def test_eval_with_a_config_that_changes_the_run_is_refused(straight):
+  workdir = _finished_copy(straight, "eval_wrong_config")
+  before = _hashes(workdir)
+  other = _config(straight["root"], **{"eval.batch_size": 4})  # an evaluation field: allowed
+  other.model.clip.vision_layers += 1
+  with pytest.raises(UserError, match=r"--config changes fields of the run in .*: model.clip.vision_layers: 1 → 2\. "
+                     r"--mode=eval uses the run's own config"):
+    eval_only.evaluate_only(other, workdir)
+  assert _hashes(workdir) == before
+
+
+def test_eval_in_a_folder_without_a_run_writes_nothing(straight, tmp_path):
+  typo = str(tmp_path / "no_such_run")
+  with pytest.raises(UserError, match=r"no_such_run holds no run"):
+    eval_only.evaluate_only(_config(straight["root"]), typo)
+  assert not os.path.exists(typo)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  out = subprocess.run([sys.executable, "-m", "tpsearch_jax.main", "--mode=eval", f"--workdir={typo}"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=300)
+  errors = [line for line in out.stderr.splitlines() if line.startswith("tpsearch_jax.main: error")]
+  assert out.returncode == 2 and len(errors) == 1 and "holds no run" in errors[0], out.stderr[-2000:]
+  assert "Traceback" not in out.stderr and not os.path.exists(typo)

@@ -7,7 +7,9 @@ distributed service detected fatal errors ... another task died"; an error raise
 (without the shutdown barrier), which the others see the same way. Rerunning the same command resumes.
 
 A mistake in the input (a config key, a file, a checkpoint) is reported on one line naming what to fix, with exit
-status 2 (``user_errors``); ``--verbose`` or ``--pdb`` show the traceback instead.
+status 2 (``user_errors``); ``--verbose`` or ``--pdb`` show the traceback instead. Other statuses: 3 diverged
+(non-finite loss, one line), 4 stalled (the watchdog, ``train.stall_timeout_s``), 143 stopped by SIGTERM after
+saving, 1 a bug (with its traceback).
 """
 
 from __future__ import annotations
@@ -66,10 +68,27 @@ def _maybe_initialize_distributed() -> bool:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo (TCP)
   jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s,
                              initialization_timeout=FLAGS.initialization_timeout_s)
+  _no_persistent_cache_on_multiprocess_cpu()
   logging.info("jax.distributed: process %d of %d (coordinator %s); a process silent for %d s stops all of them; "
                "rerun the same command to resume", jax.process_index(), jax.process_count(),
                kwargs.get("coordinator_address", "auto-detected"), FLAGS.heartbeat_timeout_s)
   return True
+
+
+def _no_persistent_cache_on_multiprocess_cpu() -> None:
+  """Turns JAX's persistent compilation cache off in a multi-process CPU run (before anything is compiled).
+
+  With jaxlib 0.12 on CPU (gloo collectives), process 0 running an executable it read back from the persistent cache
+  never completes its first cross-process collective: every rerun that finds a warm cache hangs (process 1 reading
+  the same entries is fine, and per-process cache folders do not help, since only process 0 writes entries).
+  tools/repro_cpu_cache_hang.py reproduces it without this project; docs/known_issues.md has the details.
+  """
+  if jax.process_count() > 1 and jax.default_backend() == "cpu" and jax.config.jax_enable_compilation_cache and \
+      (jax.config.jax_compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR")):
+    jax.config.update("jax_enable_compilation_cache", False)
+    logging.warning("persistent compilation cache (%s) turned off: a multi-process CPU run hangs on executables read "
+                    "back from it (docs/known_issues.md)",
+                    jax.config.jax_compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR"))
 
 
 def _run() -> int:
@@ -78,11 +97,27 @@ def _run() -> int:
     raise user_errors.UserError(f"--workdir={workdir} is a file, not a folder: pass a new or existing run folder")
   logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.default_backend())
-  if FLAGS.mode == "eval":
+  if FLAGS.mode == "eval":  # without --config: the run's own config.json
     eval_only.evaluate_only(FLAGS.config, FLAGS.workdir)
     return 0
+  if FLAGS.config is None:
+    raise user_errors.UserError("--config is required for training, e.g. --config=configs/cuhk.py:irra (to resume a "
+                                "run, pass the config it was started with)")
   result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  return 143 if result.get("preempted") else 0
+  return user_errors.PREEMPTED_STATUS if result.get("preempted") else 0
+
+
+def _run_or_diverged(verbose: bool) -> int:
+  """``_run``; a diverged run (non-finite loss, raised by every process at the same step) → one line, status 3."""
+  try:
+    return _run()
+  except trainer.NonFiniteLossError as e:
+    if verbose:
+      raise
+    logging.error("process %d/%d: %s", jax.process_index(), jax.process_count(), e)
+    if jax.process_index() == 0:
+      print(f"{PROGRAM}: diverged: {e}", file=sys.stderr, flush=True)
+    return user_errors.DIVERGED_STATUS
 
 
 def main(argv) -> int:
@@ -91,11 +126,11 @@ def main(argv) -> int:
   verbose = FLAGS.verbose or FLAGS.pdb_post_mortem
   cli_help.quiet_libraries(FLAGS.verbose)
   if not _maybe_initialize_distributed() or jax.process_count() == 1:
-    status = user_errors.exit_on_user_error(_run, program=PROGRAM, verbose=verbose)
+    status = user_errors.exit_on_user_error(lambda: _run_or_diverged(verbose), program=PROGRAM, verbose=verbose)
     logging.flush()
     user_errors.exit_process(status)
   try:
-    return _run()
+    return _run_or_diverged(verbose)
   except trainer.COLLECTIVE_ERRORS:
     raise  # every process raised it: they leave through the shutdown barrier together
   except BaseException as e:  # pylint: disable=broad-except

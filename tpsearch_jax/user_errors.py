@@ -18,7 +18,15 @@ class UserError(ValueError):
   """A mistake in the input (a file, a record, a flag) that the user can fix; the message says how."""
 
 
+# Exit statuses of the commands (README, "Exit codes"): 0 done, 1 a bug (traceback), USER_ERROR_STATUS an input mistake
+# (one line), DIVERGED_STATUS a non-finite loss (one line; the last checkpoint is finite), STALLED_STATUS nothing
+# finished within train.stall_timeout_s (training/watchdog.py; stacks in WORKDIR/stall_<process>.txt),
+# PREEMPTED_STATUS stopped by SIGTERM after saving. Rerunning the same command resumes after 3 (with a lower lr), 4
+# and 143.
 USER_ERROR_STATUS = 2
+DIVERGED_STATUS = 3
+STALLED_STATUS = 4
+PREEMPTED_STATUS = 143
 USER_FACING = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 

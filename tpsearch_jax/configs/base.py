@@ -129,6 +129,10 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
       fsdp_min_size=2 ** 14,  # arrays with fewer elements stay replicated under FSDP
       profile=False,  # CLU profiler trace of a few steps into the workdir
       allow_config_change=False,  # resume even when optim/schedule/loss/data differ from the checkpoint's
+      # Stall watchdog (training/watchdog.py): when no step, evaluation or save finishes within this many seconds,
+      # every process writes its stacks to WORKDIR/stall_<process>.txt and exits with status 4. < 0: 1800 s, growing
+      # to 3× the longest gap seen between finished steps; 0: off.
+      stall_timeout_s=-1.0,
   ))
   # Device mesh (tpsearch_jax/sharding.py): the batch is split over data × fsdp devices; params and optimizer state
   # are sharded over "fsdp" (largest divisible dim) and replicated over "data". -1 = the rest of the devices.

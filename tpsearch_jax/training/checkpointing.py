@@ -10,14 +10,18 @@ a function of (seed, step), so the data position is the step.
 
 Restores are verified: a step that cannot be read (a damaged file, a missing item) or holds a non-finite value is
 skipped with a warning naming what was wrong, and the next older step, then ``best/``, is used instead
-(``restore_intact``). When training resumes, such a step folder is renamed ``<step>.unreadable`` / ``<step>.nonfinite``
-so that the run can save that step again; the damaged files stay there for inspection.
+(``restore_intact``). When training resumes, such a step folder is moved into ``WORKDIR/quarantine/`` with a note of
+why (``<folder>-<step>-<problem>.txt``), never deleted, so that the run can save that step again; start-up lists what
+the quarantine holds. A checkpoint whose arrays do not fit the state the current config builds is not damaged: that
+is ``StateMismatch``, a one-line refusal that leaves every file as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import shutil
 import signal
 from typing import Any
 
@@ -30,15 +34,19 @@ from jax.experimental import multihost_utils
 
 from tpsearch_jax.user_errors import UserError, first_line
 
-__all__ = ["BEST", "CHOICES", "LAST", "Checkpointer", "NoIntactCheckpoint", "PreemptionFlag", "abstract_with_shardings",
-           "nonfinite_leaves", "resolve_dir"]
+__all__ = ["BEST", "CHOICES", "LAST", "QUARANTINE", "Checkpointer", "NoIntactCheckpoint", "PreemptionFlag",
+           "StateMismatch", "abstract_with_shardings", "nonfinite_leaves", "quarantined", "resolve_dir"]
 
-LAST, BEST = "checkpoints", "best"
+LAST, BEST, QUARANTINE = "checkpoints", "best", "quarantine"
 CHOICES = {"auto": (BEST, LAST), "best": (BEST,), "last": (LAST,)}  # which folders a choice looks in, in order
 
 
 class NoIntactCheckpoint(UserError):
   """Every checkpoint of a work directory is damaged or non-finite; the message lists each with its problem."""
+
+
+class StateMismatch(UserError):
+  """A checkpoint holds arrays of other names or shapes than the state the current config builds."""
 
 
 def resolve_dir(path: str) -> str:
@@ -69,7 +77,8 @@ def _disable_replica_parallel_saves() -> None:
 class Checkpointer:
   """Last-N and best-by-metric checkpoint managers under one work directory."""
 
-  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True, create: bool = True):
+    """``create=False``: read only (evaluation, search): no folder is made."""
     _disable_replica_parallel_saves()
     workdir = resolve_dir(workdir)
     self.workdir = workdir
@@ -78,7 +87,7 @@ class Checkpointer:
       # Several processes: every process calls save/restore (each writes its own shards, process 0 the metadata
       # and the JSON). The two managers may save the same step at once, so their barrier names need a prefix.
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+          max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save,
           multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0, barrier_sync_key_prefix=sub))
       return ocp.CheckpointManager(os.path.join(workdir, sub), options=options)
 
@@ -117,16 +126,19 @@ class Checkpointer:
     """(state, meta, folder) of the newest step that reads completely and is finite, trying each of ``folders`` in
     turn (its steps newest first); None when they hold no step at all.
 
-    Each step passed over gets a warning naming what was wrong; with ``set_aside`` its folder is renamed
-    ``<step>.unreadable`` / ``<step>.nonfinite`` (process 0; the managers then forget it). Raises
-    NoIntactCheckpoint when steps exist but none is intact.
+    Each step passed over gets a warning naming what was wrong; with ``set_aside`` its folder is moved into
+    WORKDIR/quarantine/ with a note (process 0; the managers then forget it). Raises NoIntactCheckpoint when steps
+    exist but none is intact, StateMismatch (nothing moved) when a step does not fit ``abstract_state``.
     """
     problems = []
     for which in folders:
       for step in sorted(self._managers[which].all_steps(), reverse=True):
         folder = self.directory(which, step)
         try:
+          self.check_fits(abstract_state, step, which)
           state, meta = self.restore(abstract_state, step, which)
+        except StateMismatch:
+          raise
         except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many kinds)
           problem, suffix = f"unreadable ({first_line(e)})", "unreadable"
         else:
@@ -140,21 +152,47 @@ class Checkpointer:
         logging.warning("checkpoint %s is %s; trying the next older one", folder, problem)
         problems.append(f"{folder}: {problem}")
         if set_aside:
-          self._set_aside(which, step, suffix)
+          self._set_aside(which, step, suffix, problem)
     if problems:
       raise NoIntactCheckpoint(f"no intact checkpoint in {self.workdir}: " + "; ".join(problems) +
-                               " — move the work directory aside to start afresh")
+                               f" (damaged steps are kept in {os.path.join(self.workdir, QUARANTINE)}) — use a new --workdir to "
+                     "start afresh")
     return None
 
-  def _set_aside(self, which: str, step: int, suffix: str) -> None:
+  def check_fits(self, abstract_state: Any, step: int, which: str = LAST) -> None:
+    """Raises StateMismatch when ``step`` holds arrays of other paths or shapes than ``abstract_state``; a step whose
+    metadata cannot be read passes (the restore then finds it damaged)."""
+    folder = self.directory(which, step)
+    try:
+      saved = ocp.StandardCheckpointer().metadata(os.path.join(folder, "state"))
+    except Exception:  # pylint: disable=broad-except  (damaged: restore_intact reports it)
+      return
+    saved = getattr(saved, "item_metadata", saved)
+    have = {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(saved) if hasattr(x, "shape")}
+    want = {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
+    if not have or have == want:
+      return
+    diff = [f"{k} missing from the checkpoint" for k in sorted(want.keys() - have.keys())]
+    diff += [f"{k} not in the current model" for k in sorted(have.keys() - want.keys())]
+    diff += [f"{k} saved {have[k]} vs {want[k]} now" for k in sorted(want.keys() & have.keys()) if have[k] != want[k]]
+    raise StateMismatch(f"{folder} holds a state of another shape than this config builds ({len(diff)} arrays differ, "
+                        f"first: {'; '.join(diff[:3])}): it was written with another config. Nothing was changed; "
+                        "rerun with the run's own config (WORKDIR/config.json) or use a new --workdir")
+
+  def _set_aside(self, which: str, step: int, suffix: str, why: str) -> None:
+    """Moves a damaged step folder into WORKDIR/quarantine/ with a note of why (process 0); never deletes it."""
     folder = self.directory(which, step)
     if jax.process_index() == 0:
-      target = f"{folder}.{suffix}"
-      n = 1
-      while os.path.exists(target):
-        target, n = f"{folder}.{suffix}{n}", n + 1
-      os.rename(folder, target)
-      logging.warning("renamed %s to %s", folder, target)
+      root = os.path.join(self.workdir, QUARANTINE)
+      os.makedirs(root, exist_ok=True)
+      name, n = f"{which}-{step}-{suffix}", 1
+      while os.path.exists(os.path.join(root, name)):
+        name, n = f"{which}-{step}-{suffix}-{n}", n + 1
+      target = os.path.join(root, name)
+      shutil.move(folder, target)
+      with open(target + ".txt", "w") as f:
+        f.write(f"{folder} moved here {datetime.datetime.now().isoformat(timespec='seconds')}: {why}\n")
+      logging.warning("moved %s to %s (%s)", folder, target, why)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"tpsearch_set_aside_{which}_{step}")
     self._managers[which].reload()
@@ -173,6 +211,24 @@ class Checkpointer:
     self.wait()
     for m in self._managers.values():
       m.close()
+
+
+def _path(path) -> str:
+  """"params/clip/text/ln/bias" of a key path, whatever the container (dict, dataclass attribute, tuple index)."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def quarantined(workdir: str) -> list[str]:
+  """The notes (one line each) of what WORKDIR/quarantine holds, oldest name first."""
+  root = os.path.join(resolve_dir(workdir), QUARANTINE)
+  if "://" in root or not os.path.isdir(root):
+    return []
+  notes = []
+  for name in sorted(os.listdir(root)):
+    if name.endswith(".txt"):
+      with open(os.path.join(root, name)) as f:
+        notes.append(f.read().strip())
+  return notes
 
 
 def nonfinite_leaves(tree: Any) -> list[str]:

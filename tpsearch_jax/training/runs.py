@@ -12,6 +12,7 @@ from typing import Any
 
 import ml_collections
 from absl import logging
+from etils import epath
 
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.models import build_model
@@ -36,11 +37,14 @@ class Run:
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """WORKDIR/config.json (written by the trainer) → ConfigDict."""
-  path = os.path.join(ckpt_lib.resolve_dir(workdir), CONFIG_FILE)
-  if not os.path.isfile(path):
+  path = epath.Path(ckpt_lib.resolve_dir(workdir)) / CONFIG_FILE
+  if not path.exists():
     raise FileNotFoundError(f"{path} not found: --workdir must be a training run folder")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except ValueError as e:
+    raise UserError(f"{path} cannot be read ({first_line(e)}): it must be the config.json a training run wrote") \
+        from e
 
 
 def parse_choice(workdir: str, choice: str) -> tuple[str, str, int | None]:
@@ -58,7 +62,7 @@ def parse_choice(workdir: str, choice: str) -> tuple[str, str, int | None]:
 def restore_params(abstract, workdir: str, choice: str = "auto") -> tuple[Any, str, int] | None:
   """(params, checkpoint folder, step) of ``choice`` in ``workdir``, or None when a choice finds no checkpoint."""
   root, which, step = parse_choice(workdir, choice)
-  checkpointer = ckpt_lib.Checkpointer(root, async_save=False)
+  checkpointer = ckpt_lib.Checkpointer(root, async_save=False, create=False)
   try:
     if step is None:
       found = checkpointer.restore_choice(abstract, which)

@@ -79,9 +79,9 @@ class Setup:
     return {"hard": self._subsets["hard"]} if len(self._subsets["hard"]) else {}  # tiny splits may have none
 
 
-def build_setup(config, workdir: str, *, train: bool, config_file: str = "config.json") -> Setup:
+def build_setup(config, *, train: bool) -> Setup:
   """Validates ``config``, reads the data (and, for training, screens it and sizes the epoch), builds the model and
-  the abstract state, and writes the resolved config to ``workdir/config_file``."""
+  the abstract state. Writes no file (``write_config`` does, once a run is known to start or resume legitimately)."""
   resolve_config(config)  # cheap validation before touching the data
   ann = datasets.load_annotations(config)  # the train split too in eval-only runs: it decides num_classes
   config = resolve_config(config, ann.num_classes)
@@ -104,15 +104,19 @@ def build_setup(config, workdir: str, *, train: bool, config_file: str = "config
   abstract, tx, shardings = state_lib.abstract_train_state(config, model, mesh, steps_per_epoch=steps_per_epoch)
   if train:
     logging.info("Parameter groups (config.optim.param_groups):\n%s", optim.group_table(abstract.params, config.optim))
-  if jax.process_index() == 0:
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    (epath.Path(workdir) / config_file).write_text(config.to_json_best_effort(indent=2))
   setup = Setup(config, ann, mesh, model, steps_per_epoch, abstract, tx, shardings, train_data)
   if config.data.use_tfds:  # the record images are checked as each eval pipeline is built: build them now
     for split in datasets.run_splits(config) if train else config.eval.splits:
       if split != "train":
         setup.eval_batches(split)
   return setup
+
+
+def write_config(config, path: str) -> None:
+  """The resolved ``config`` as JSON at ``path`` (process 0; its folder is made)."""
+  if jax.process_index() == 0:
+    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    epath.Path(path).write_text(config.to_json_best_effort(indent=2))
 
 
 def pretrained_clip_params(config):

@@ -8,6 +8,7 @@ checkpoint written to ``workdir/results.json``. The state, step and optimizer co
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -21,10 +22,12 @@ from tpsearch_jax import evaluate as eval_lib
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.user_errors import UserError, first_line
 from tpsearch_jax.training import checkpointing as ckpt_lib
-from tpsearch_jax.training import optim, resume_checks
+from tpsearch_jax.training import optim, resume_checks, runs
 from tpsearch_jax.training import state as state_lib
 from tpsearch_jax.training.progress import Progress
-from tpsearch_jax.training.setup import Setup, build_setup, initial_state
+from tpsearch_jax.training.watchdog import Watchdog, resolve_timeout
+from tpsearch_jax.training.config_checks import resolve_config
+from tpsearch_jax.training.setup import Setup, build_setup, initial_state, write_config
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -87,25 +90,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns {"preempted": True, "step": n} without the final evaluation when stopped by SIGTERM.
   """
   workdir = ckpt_lib.resolve_dir(workdir)
-  s = build_setup(config, workdir, train=True)  # the input pipeline hides the GPUs from TF before CLU starts it
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  resume_checks.check_run_identity(resolve_config(config), workdir)  # before anything is written
+  s = build_setup(config, train=True)  # the input pipeline hides the GPUs from TF before CLU starts it
+  for note in ckpt_lib.quarantined(workdir):
+    logging.warning("quarantined: %s", note)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(s.config.train.keep_checkpoints),
                                        async_save=bool(s.config.train.async_checkpointing))
+  writer = None
   alone = False  # an error on this process only: the others will not join collective checkpoint work
+  watchdog = Watchdog(resolve_timeout(s.config.train.stall_timeout_s), workdir, jax.process_index(),
+                      adaptive=float(s.config.train.stall_timeout_s) < 0)
   try:
-    state, step, best = _restore_or_init(s, checkpointer, writer)
-    state, step, preempted = _train_loop(s, workdir, writer, checkpointer, state, step, best, callbacks)
-    if preempted:
-      return {"preempted": True, "step": step}
-    checkpointer.wait()
-    payload = _final_evaluation(s, writer, checkpointer, state, step)
-    eval_lib.report(workdir, payload)
-    return payload
+    with watchdog:
+      state, step, best = _restore_or_init(s, checkpointer)
+      writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+      if step == 0:
+        writer.write_hparams(_flatten(s.config.to_dict()))
+      state, step, preempted = _train_loop(s, workdir, writer, checkpointer, state, step, best, callbacks,
+                                           watchdog.beat)
+      if preempted:
+        return {"preempted": True, "step": step}
+      checkpointer.wait()
+      payload = _final_evaluation(s, writer, checkpointer, state, step)
+      eval_lib.report(workdir, payload)
+      return payload
   except BaseException as e:
     alone = jax.process_count() > 1 and not isinstance(e, COLLECTIVE_ERRORS)
     raise
   finally:  # also on errors (non-finite loss, …): pending checkpoint writes complete, metrics are flushed
-    writer.flush()
+    if writer is not None:
+      writer.flush()
     if alone:
       logging.error("process %d stops alone: pending checkpoint writes are abandoned (the last complete checkpoint "
                     "stays)", jax.process_index())
@@ -113,14 +127,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       checkpointer.close()
 
 
-def _restore_or_init(s: Setup, checkpointer, writer):
+def _restore_or_init(s: Setup, checkpointer):
   """(state, step, best-so-far) from the newest intact checkpoint in the work directory, or a fresh initialisation."""
   config = s.config
   best = {"split": config.eval.select_on, "metric": "R1", "value": None, "step": None}
   found = checkpointer.restore_intact(s.abstract, (ckpt_lib.LAST, ckpt_lib.BEST), set_aside=True)
   if found is None:
-    writer.write_hparams(_flatten(config.to_dict()))
-    return initial_state(s), 0, best
+    state = initial_state(s)
+    write_config(config, os.path.join(checkpointer.workdir, runs.CONFIG_FILE))  # a run starts
+    return state, 0, best
   state, meta, folder = found
   best = meta.get("best", best)
   best_step = checkpointer.latest_step(ckpt_lib.BEST)
@@ -136,12 +151,17 @@ def _restore_or_init(s: Setup, checkpointer, writer):
                     f"batch size give {s.steps_per_epoch}: resuming would change the schedule")
   resume_checks.check_settings(meta.get("settings"), resume_checks.settings(config), folder,
                                allow=bool(config.train.allow_config_change))
+  write_config(config, os.path.join(checkpointer.workdir, runs.CONFIG_FILE))  # a run resumes
   logging.info("Resumed from %s at step %d (epoch %d); best so far %s", folder, step, step // s.steps_per_epoch, best)
   return state, step, best
 
 
-def _train_loop(s: Setup, workdir, writer, checkpointer, state, step: int, best: dict, callbacks):
-  """Runs steps ``step``..stop with logging, per-epoch selection, checkpoints; → (state, step, preempted)."""
+def _train_loop(s: Setup, workdir, writer, checkpointer, state, step: int, best: dict, callbacks,
+                beat: Callable[..., None] = lambda *a: None):
+  """Runs steps ``step``..stop with logging, per-epoch selection, checkpoints; → (state, step, preempted).
+
+  ``beat(step, what)`` is called whenever a step is known to have finished (host sync), an evaluation or a save.
+  """
   config, mesh = s.config, s.mesh
   select_on = config.eval.select_on
   total_steps = int(config.schedule.num_epochs) * s.steps_per_epoch
@@ -175,12 +195,14 @@ def _train_loop(s: Setup, workdir, writer, checkpointer, state, step: int, best:
       writer.write_scalars(at_step, {f"train/{k}": v for k, v in summary.items()})
       logging.info("%s; loss %.4f", progress.line(at_step, speed), summary["loss"])
       pending.clear()
+      beat(at_step, "train step")
 
   def save(at_step, which=ckpt_lib.LAST):
     with progress.paused():
       checkpointer.save(at_step, state, meta(at_step), which)
       if which == ckpt_lib.BEST:  # written before any later checkpoint that records it as the best can exist, so a
         checkpointer.wait(ckpt_lib.BEST)  # run killed at any moment resumes with its best on disk
+    beat(at_step, "checkpoint save")
 
   def preemption_requested(flag, at_step) -> bool:
     if jax.process_count() == 1:
@@ -213,6 +235,7 @@ def _train_loop(s: Setup, workdir, writer, checkpointer, state, step: int, best:
         flush(step)
         with progress.paused():
           row = s.evaluate(state.params, [select_on], step, "current", epoch)[select_on]
+        beat(step, "evaluation")
         writer.write_scalars(step, {f"eval/{select_on}/{k}": row[k] for k in eval_lib.METRIC_KEYS})
         if best["value"] is None or row["R1"] > best["value"]:
           best.update(value=row["R1"], step=step, epoch=epoch)
