@@ -152,7 +152,9 @@ def expected_terms(method: str, loss: objectives.LossOptions, rng=jax.random.key
   if loss.itc:
     want["itc"] = ref.itc(gv, gt, loss.logit_scale)
   if loss.id:
-    li, lt = _np(out["image_logits"]), _np(out["text_logits"])  # [B, M, K]: every piece
+    li, lt = _np(out["image_logits"]), _np(out["text_logits"])  # [B, M, K]: every piece, or the global one only
+    if getattr(loss, "id_pieces", "all") == "global":
+      li, lt = li[:, :1], lt[:, :1]
     m = li.shape[1]
     want["id"] = ref.id_loss(li.reshape(-1, K), lt.reshape(-1, K), np.repeat(PIDS, m))
   if loss.mlm:
@@ -230,7 +232,8 @@ def test_preset_terms_equal_the_reference_on_the_documented_pieces(method):
     ("combined", dict(global_loss="triplet")),  # the global embedding ranked with the coarse ones
     ("pcc", dict(ranking_mining="batch_hard", ranking_reduction="mean")),
     ("pcc", dict(ranking_mining="batch_all")),
-], ids=["itc", "efa_mask", "cmr_freq", "combined_global_triplet", "batch_hard_mean", "batch_all"])
+    ("pcc", dict(id_pieces="global")),
+], ids=["itc", "efa_mask", "cmr_freq", "combined_global_triplet", "batch_hard_mean", "batch_all", "id_global"])
 def test_option_variants_equal_the_reference(method, overrides):
   loss = _loss(method, **overrides)
   _, terms = _computed(method, loss)
