@@ -3,21 +3,28 @@ each, jax.distributed over 127.0.0.1, gloo collectives) against 1 process with 4
 
 One chain of runs on a tiny synthetic_pedes model (3 epochs × 7 steps, evaluation every epoch) covers:
   R   1 process × 4 devices, from scratch (the reference; keeps every epoch's checkpoint)
-  A   2 processes × 2 devices, from scratch; after the epoch-1 checkpoint process 1 stops answering (SIGSTOP, then
-      SIGKILL): process 0 must stop within the heartbeat timeout, with the runtime's "another task died" message
-  A'  the same command again: resumes from A's checkpoint and finishes (= R)
+  A   2 processes × 2 devices, from scratch; after the step-9 checkpoint (inside epoch 2: a checkpoint every 3 steps)
+      process 1 stops answering (SIGSTOP, then SIGKILL): process 0 must stop within the heartbeat timeout, with the
+      runtime's "another task died" message
+  A'  the same command again: resumes in the middle of epoch 2 from A's checkpoint and finishes (= R); the persistent
+      compilation cache the processes share is warm by then (the project turns it off: docs/known_issues.md)
   C   2 processes, FSDP across them (mesh.data=1, mesh.fsdp=-1: every large array split over the 4 devices of both
-      processes), resuming from R's 1-process epoch-1 checkpoint (= R)
+      processes), resuming from R's 1-process step-6 checkpoint, inside epoch 1 (= R)
   B   in this process (1 process, 8 devices): resumes from A's 2-process checkpoint (= R)
   E   2 processes, process 1 raises before the first collective: both must exit, not wait for each other
+  S   2 processes with a short stall timeout and a long heartbeat timeout; process 1 is stopped (SIGSTOP) after its
+      first checkpoint: process 0's watchdog writes its stacks and exits with the stalled status and one line
 plus --mode=eval and the search loader on A's 2-process checkpoints in this process.
-Every subprocess has a hard timeout and runs in its own process group, killed on failure.
+Every subprocess has a hard timeout and runs in its own process group, killed on failure with its log's tail.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
+import random
 import re
 import resource
 import shutil
@@ -31,7 +38,7 @@ import jax
 import numpy as np
 import pytest
 
-from tpsearch_jax import evaluate
+from tpsearch_jax import evaluate, user_errors
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.data import synthetic
 from tpsearch_jax.search import library
@@ -44,6 +51,8 @@ HEARTBEAT_S = 10
 RUN_TIMEOUT_S = 240  # hard limit for one run (all its processes)
 STEPS_PER_EPOCH, EPOCHS = 7, 3
 LAST = STEPS_PER_EPOCH * EPOCHS
+EVERY = 3  # a checkpoint every 3 steps: 3, 6, 9, ... — most inside an epoch
+STALL_S = 40  # S's stall timeout: above the start-up + compile + first steps of a loaded 2-core machine
 # 58 train captions → 7 steps of 8; val and test: 10 images (2 gallery batches of 8, the second one padded), 21 / 22
 # captions (3 query batches).
 SYNTHETIC = dict(num_ids=24, images_per_id=2, image_size=(32, 16), split_fractions=(0.6, 0.2, 0.2))
@@ -53,7 +62,7 @@ OVERRIDES = {
     "model.clip.vision_heads": 4, "model.clip.context_length": 16, "model.clip.text_width": 32,
     "model.clip.text_layers": 1, "model.clip.text_heads": 4,
     "train.batch_size": 8, "eval.batch_size": 8, "schedule.num_epochs": EPOCHS, "eval.every_epochs": 1,
-    "train.log_every_steps": 5, "train.keep_checkpoints": EPOCHS,
+    "train.log_every_steps": 5, "train.checkpoint_every_steps": EVERY, "train.keep_checkpoints": LAST // EVERY + 1,
     # Two processes sum the gradients over devices in another order than one process: float noise that training
     # amplifies. At synthetic.py's lr 3e-3 / Adam eps 1e-8 it grows to similarity differences of ~1e-3 in 21 steps,
     # enough to swap near-tied gallery items; at lr 3e-4 with the reference recipe's eps 1e-3 it stays ~1e-6.
@@ -97,9 +106,27 @@ def _command(workdir: str, config: str, extra=()) -> list[str]:
 
 
 def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+  """A port for a coordinator: below the kernel's ephemeral range (where outgoing connections, gloo's among them, take
+  their local ports, so a port found free there can be taken before the coordinator binds it), never handed out twice
+  in this session, and bindable now."""
+  with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+    low = int(f.read().split()[0])
+  candidates = list(range(max(low - 8000, 1024), low))
+  random.Random(os.getpid()).shuffle(candidates)
+  for port in candidates:
+    if port in _TAKEN:
+      continue
+    _TAKEN.add(port)
+    with socket.socket() as s:
+      try:
+        s.bind(("127.0.0.1", port))
+      except OSError:
+        continue
+    return port
+  raise RuntimeError("no free port below the ephemeral range")
+
+
+_TAKEN: set[int] = set()
 
 
 def _no_core_files() -> None:  # a process stopped by the distributed runtime aborts (SIGABRT)
@@ -139,6 +166,14 @@ class Job:
     return "\n".join(f"--- {self.name} process {i} ({log}):\n" + "\n".join(self.text(i).splitlines()[-lines:])
                      for i, log in enumerate(self.logs))
 
+  def dump_stacks(self) -> None:
+    """Every live process writes its threads' stacks into its log (SIGUSR1: tpsearch_jax.main's faulthandler)."""
+    for p in self.procs:
+      if p.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+          os.kill(p.pid, signal.SIGUSR1)
+    time.sleep(2)
+
   def kill(self, i: int | None = None) -> None:
     for p in self.procs if i is None else [self.procs[i]]:
       if p.poll() is None:
@@ -155,8 +190,10 @@ class Job:
       try:
         p.wait(timeout=max(left, 0.1))
       except subprocess.TimeoutExpired:
+        self.dump_stacks()
         self.kill()
-        pytest.fail(f"{self.name} did not finish within {timeout} s; killed.\n{self.tail()}")
+        pytest.fail(f"{self.name} did not finish within {timeout} s; killed (stacks at the end of each log).\n"
+                    f"{self.tail(120)}")
     self.seconds = time.monotonic() - self.started
     return [p.returncode for p in self.procs]
 
@@ -182,9 +219,32 @@ def _wait_for(path: str, job: Job, timeout: float) -> None:
       job.kill()
       pytest.fail(f"{job.name} ended before {path} was written\n{job.tail()}")
     if time.monotonic() - job.started > timeout:
+      job.dump_stacks()
       job.kill()
       pytest.fail(f"{job.name}: no {path} within {timeout} s\n{job.tail()}")
     time.sleep(0.05)
+
+
+def _stall_job(root, config: str, cache: str, jobs: list) -> dict:
+  """S: process 1 frozen after the first checkpoint, heartbeats far longer than the stall timeout: process 0's
+  watchdog must end it (status 4, one line naming the last finished step, its stacks in WORKDIR/stall_0.txt)."""
+  s = Job("S", str(root / "S"), config, cache, 2, DEVICES, extra=["--heartbeat_timeout_s=600",
+                                                                  f"--config.train.stall_timeout_s={STALL_S}"])
+  jobs.append(s)
+  _wait_for(os.path.join(s.workdir, "checkpoints", str(EVERY)), s, RUN_TIMEOUT_S)
+  os.kill(s.procs[1].pid, signal.SIGSTOP)
+  stopped = time.monotonic()
+  try:
+    code0 = s.procs[0].wait(timeout=STALL_S + RUN_TIMEOUT_S // 2)
+  except subprocess.TimeoutExpired:
+    s.dump_stacks()
+    s.kill()
+    pytest.fail(f"S: process 0 still running {STALL_S + RUN_TIMEOUT_S // 2} s after process 1 stopped\n{s.tail()}")
+  seconds = time.monotonic() - stopped
+  s.kill(1)
+  stack_file = os.path.join(s.workdir, "stall_0.txt")
+  return dict(exit_code=code0, seconds=seconds, log=s.text(0),
+              stacks=open(stack_file).read() if os.path.exists(stack_file) else None)
 
 
 @pytest.fixture(scope="module")
@@ -204,14 +264,16 @@ def chain(tmp_path_factory):
     r = Job("R", str(root / "R"), config, cache, 1, 2 * DEVICES)
     a = Job("A", str(root / "A"), config, cache, 2, DEVICES)
     jobs += [e, r, a]
-    # A: once the epoch-1 checkpoint (and the best, written before it) is complete, process 1 dies silently: frozen
-    # by SIGSTOP, its sockets stay open (a lost host), so only the coordinator's heartbeat check can notice.
-    _wait_for(os.path.join(a.workdir, "checkpoints", str(STEPS_PER_EPOCH)), a, RUN_TIMEOUT_S)
+    # A: once the step-9 checkpoint (inside epoch 2; the epoch-1 best was written before it) is complete, process 1
+    # dies silently: frozen by SIGSTOP, its sockets stay open (a lost host), so only the coordinator's heartbeat check
+    # can notice.
+    _wait_for(os.path.join(a.workdir, "checkpoints", str(3 * EVERY)), a, RUN_TIMEOUT_S)
     os.kill(a.procs[1].pid, signal.SIGSTOP)
     killed_at = time.monotonic()
     try:
       code0 = a.procs[0].wait(timeout=HEARTBEAT_S + 50)
     except subprocess.TimeoutExpired:
+      a.dump_stacks()
       a.kill()
       pytest.fail(f"process 0 still running {HEARTBEAT_S + 50} s after process 1 stopped\n{a.tail()}")
     a.kill(1)
@@ -222,11 +284,12 @@ def chain(tmp_path_factory):
     r.check()
     # A' (same command, resumes) and C (FSDP, from R's epoch-1 checkpoint) side by side.
     a2 = Job("A2", a.workdir, config, cache, 2, DEVICES)
-    c = Job("C", _copy_run(r.workdir, str(root / "C"), STEPS_PER_EPOCH), config, cache, 2, DEVICES,
+    c = Job("C", _copy_run(r.workdir, str(root / "C"), 2 * EVERY), config, cache, 2, DEVICES,
             extra=["--config.mesh.data=1", "--config.mesh.fsdp=-1", "--config.train.fsdp_min_size=1"])
     jobs += [a2, c]
     a2.check()
     c.check()
+    out["stall"] = _stall_job(root, config, cache, jobs)
     out.update(R=r, A=a, A2=a2, C=c, seconds=time.monotonic() - started)
     print(f"\nmultiprocess chain: {out['seconds']:.0f} s (" + ", ".join(f"{j.name} {j.seconds:.0f} s" for j in jobs[1:])
           + f"); process 0 stopped {out['kill']['seconds']:.1f} s after process 1 stopped", flush=True)
@@ -291,7 +354,7 @@ def test_two_processes_equal_one_process(chain):
   assert want["splits"]["val"]["step"] > 0 and want["splits"]["test"]["num_gallery"] == 10
   ref = _final_params(r.workdir)
   _assert_same_params(_final_params(a.workdir), ref, "2 processes")
-  first = runs.load_run(r.workdir, os.path.join(r.workdir, "checkpoints", str(STEPS_PER_EPOCH)))
+  first = runs.load_run(r.workdir, os.path.join(r.workdir, "checkpoints", str(2 * EVERY)))
   assert _rel_l2(jax.device_get(first.params), ref) > 100 * PARAM_REL_L2  # training moved them far beyond it
 
   # Each process reads only its own slice of every global batch: rows 0:4 and 4:8 of the same global batch.
@@ -318,11 +381,24 @@ def test_two_processes_equal_one_process(chain):
 def test_killed_process_stops_the_other_and_rerun_resumes(chain):
   kill, a, a2 = chain["kill"], chain["A"], chain["A2"]
   assert kill["exit_code"] != 0
-  assert kill["seconds"] < HEARTBEAT_S + 40, kill["seconds"]
+  # Stopped by the heartbeat check (HEARTBEAT_S), far sooner than the 300 s shutdown barrier or the run timeout;
+  # measured 11–25 s on a loaded 2-core machine, bounded here at 5 heartbeats + 60 s of margin.
+  assert kill["seconds"] < 5 * HEARTBEAT_S + 60, kill["seconds"]
   assert "stopped sending heartbeats" in kill["log"] and "another task died" in kill["log"], kill["log"][-3000:]
   m = re.search(r"Resumed from \S+ at step (\d+)", a2.text(0))
-  assert m and int(m.group(1)) >= STEPS_PER_EPOCH, a2.tail()
+  assert m and int(m.group(1)) >= 3 * EVERY and int(m.group(1)) % STEPS_PER_EPOCH, a2.tail()  # inside an epoch
   assert "Resumed from" in a2.text(1)
+
+
+def test_stalled_run_ends_with_its_stacks_and_one_line(chain):
+  stall = chain["stall"]
+  assert stall["exit_code"] == user_errors.STALLED_STATUS, stall["log"][-3000:]
+  lines = [line for line in stall["log"].splitlines() if line.startswith("tpsearch_jax.main: error (process 0)")]
+  assert len(lines) == 1 and "stalled: nothing finished for" in lines[0], stall["log"][-3000:]
+  m = re.search(r"last finished step: (\d+)", lines[0])
+  assert m and int(m.group(1)) >= EVERY, lines[0]
+  assert STALL_S <= stall["seconds"], stall["seconds"]  # not before the timeout
+  assert stall["stacks"] and "Thread" in stall["stacks"] and "tpsearch_jax/training/trainer.py" in stall["stacks"]
 
 
 def test_error_in_one_process_stops_the_other(chain):
@@ -335,14 +411,18 @@ def test_error_in_one_process_stops_the_other(chain):
   assert "exiting process 1 without the shutdown barrier" in logs[1]
   assert "another task died" in logs[0]
   failed, stopped = _log_time(logs[1], "process 1/2 failed"), _log_time(logs[0], "Terminating process")
-  assert 0 < stopped - failed < HEARTBEAT_S + 30, (failed, stopped)  # the heartbeat timeout, not the 300 s barrier
+  assert 0 < stopped - failed < 5 * HEARTBEAT_S + 60, (failed, stopped)  # the heartbeat, not the 300 s barrier
 
 
 def _log_time(text: str, needle: str) -> float:
-  """Seconds since midnight of the absl log line (``E1201 11:33:57.688191 ...``) that contains ``needle``."""
+  """POSIX time of the absl log line (``E1201 11:33:57.688191 ...``, local time, no year) that contains ``needle``."""
   line = next(line for line in text.splitlines() if needle in line)
-  h, m, sec = re.match(r"[IWEF]\d{4} (\d+):(\d+):([\d.]+) ", line).groups()
-  return 3600 * int(h) + 60 * int(m) + float(sec)
+  month, day, clock = re.match(r"[IWEF](\d\d)(\d\d) (\d+:\d+:[\d.]+) ", line).groups()
+  now = datetime.datetime.now()
+  stamp = datetime.datetime.strptime(f"{now.year}-{month}-{day} {clock}", "%Y-%m-%d %H:%M:%S.%f")
+  if stamp > now + datetime.timedelta(days=1):  # logged last year (a run across New Year)
+    stamp = stamp.replace(year=now.year - 1)
+  return stamp.timestamp()
 
 
 def test_two_process_checkpoints_restore_in_one_process(chain, tmp_path):
@@ -376,7 +456,7 @@ def test_fsdp_two_processes_resume_from_one_process_checkpoint(chain):
   c, r = chain["C"], chain["R"]
   assert "Mesh {'data': 1, 'fsdp': 4}" in c.text(0) and "params over ('fsdp',)" in c.text(0)
   m = re.search(r"Resumed from \S+ at step (\d+)", c.text(0))
-  assert m and int(m.group(1)) == STEPS_PER_EPOCH
+  assert m and int(m.group(1)) == 2 * EVERY  # inside epoch 1
   _assert_same_results(_results(c.workdir), _results(r.workdir), "2 processes FSDP resumed from 1 process")
   _assert_same_params(_final_params(c.workdir), _final_params(r.workdir), "2 processes FSDP")
   # The arrays split over both processes were written collectively: each process wrote its own shards.

@@ -41,10 +41,13 @@ def _flag_value(argv: Sequence[str], name: str) -> str | None:
 
 
 def check_config_flags(argv: Sequence[str]) -> None:
-  """Checks before absl parses ``argv``: ``--config`` is given and loads, and every ``--config.<path>`` override names
-  an existing field; raises UserError naming the flag (with the nearest field) otherwise."""
+  """Checks before absl parses ``argv``: ``--config`` is given (``--mode=eval`` may leave it out: the run's own config)
+  and loads, and every ``--config.<path>`` override names an existing field; raises UserError naming the flag (with
+  the nearest field) otherwise."""
   value = _flag_value(argv, "--config")
   if not value:
+    if _flag_value(argv, "--mode") == "eval" and not any(a.startswith(("--config.", "--noconfig.")) for a in argv):
+      return
     raise UserError("--config is required, e.g. --config=configs/cuhk.py:irra (a file in configs/ and a method)")
   try:
     config = load_config(value)

@@ -14,7 +14,9 @@ saving, 1 a bug (with its traceback).
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import sys
 import traceback
 
@@ -150,7 +152,10 @@ def main(argv) -> int:
 
 
 def cli() -> None:
-  """``python -m tpsearch_jax.main``: the config flags are checked (one line on a mistake) before absl parses them."""
+  """``python -m tpsearch_jax.main``: the config flags are checked (one line on a mistake) before absl parses them.
+
+  ``kill -USR1 <pid>`` writes every thread's Python stack to stderr (a look into a slow or stuck process)."""
+  faulthandler.register(signal.SIGUSR1, all_threads=True)
   if cli_help.wants_help(sys.argv):
     cli_help.exit_with_help(cli_help.help_text(__doc__.split("\n\n")[0], PROGRAM, extra=CONFIG_HELP))
   code = user_errors.exit_on_user_error(lambda: config_files.check_config_flags(sys.argv[1:]) or 0, program=PROGRAM,
