@@ -19,8 +19,8 @@ from tpsearch_jax.models import backbones, model_options
 from tpsearch_jax.models.text_tokenizers import caption_tokenizer
 
 PART_OF_REGION = {"hair": "head", "hat": "head", "glasses": "head", "upper": "upper", "lower": "lower",
-                  "shoes": "shoes"}  # the part a twin pair differs in → its region (bags have none)
-COVERS = 0.3  # a stripe "covers" a region when the region spans at least this share of its rows (on average)
+                  "shoes": "shoes"}  # the part a twin pair differs in ("lower.type" → "lower") → its region
+COVERS = 0.3  # a stripe covers the regions spanning at least this share of its rows on average (else its largest)
 BATCH = 32
 
 
@@ -91,17 +91,22 @@ def binding_report(model, params, config, ann, split: str = "test") -> dict:
   parts = options.part.num_parts
   coverage = binding.stripe_coverage(np.stack(rows), parts)
   token_region = np.stack([_token_regions(c, i, tokenize, length) for c, i in zip(ev.captions, ids)])
-  mass, chance = binding.attention_on_region_words(attn, token_region, coverage >= COVERS)
+  covers = (coverage >= COVERS) | (coverage == coverage.max(axis=1, keepdims=True))
+  mass, chance = binding.attention_on_region_words(attn, token_region, covers)
 
   w = options.embed_weights
   weights = np.array([w.global_] + [w.coarse] * options.part.num_queries + [w.part] * parts)
   pv, pt = _pieces(img), _pieces(txt)
-  by_id = {p["id"]: p for p in meta["identities"]}
+  pairs = {}  # id → (its near-twin's id, the part they differ in); twin_of is recorded on one side only
+  for p in meta["identities"]:
+    if p.get("twin_of") is not None:
+      part = str(p.get("differs_in") or "").split(".")[0]
+      pairs[p["id"]], pairs[p["twin_of"]] = (p["twin_of"], part), (p["id"], part)
   own, twin, target = [], [], []
   for q, (pid, caption) in enumerate(zip(ev.caption_pids, ev.captions)):
-    person = by_id[int(pid)]
-    region = PART_OF_REGION.get(person.get("differs_in") or "")
-    twins = np.flatnonzero(ev.image_pids == person.get("twin_of"))
+    other, part = pairs.get(int(pid), (None, ""))
+    region = PART_OF_REGION.get(part)
+    twins = np.flatnonzero(ev.image_pids == other)
     if region is None or not len(twins):
       continue
     r = truth.REGIONS.index(region)
