@@ -144,3 +144,11 @@ def test_token_regions_follow_the_words_through_the_tokenizer():
   # a person wearing a | navy t - shirt (upper) | and | blue jeans (lower) | , (cut here)
   np.testing.assert_array_equal(got, [-2, -1, -1, -1, -1, 1, 1, 1, 1, -1, 2, -2])
   assert np.all(_token_regions("unrelated words", ids, tokenize, 12) == -2)  # ids of another text: no labels
+
+
+def test_twin_pairs_both_ways():
+  from tpsearch_jax.evaluate_binding import twin_pairs
+  meta = {"identities": [{"id": 1, "twin_of": None, "differs_in": None},
+                         {"id": 2, "twin_of": 1, "differs_in": "lower.type"},
+                         {"id": 3, "twin_of": None, "differs_in": None}]}
+  assert twin_pairs(meta) == {1: (2, "lower"), 2: (1, "lower")}

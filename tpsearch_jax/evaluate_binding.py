@@ -60,6 +60,17 @@ def _token_regions(caption: str, ids: np.ndarray, tokenize, length: int) -> np.n
   return out
 
 
+def twin_pairs(meta: dict) -> dict[int, tuple[int, str]]:
+  """attributes.json → {id: (its near-twin's id, the part they differ in, e.g. "lower")} for both members of each
+  pair (the generator records ``twin_of`` / ``differs_in`` on one of them)."""
+  pairs = {}
+  for p in meta["identities"]:
+    if p.get("twin_of") is not None:
+      part = str(p.get("differs_in") or "").split(".")[0]
+      pairs[p["id"]], pairs[p["twin_of"]] = (p["twin_of"], part), (p["id"], part)
+  return pairs
+
+
 def _pieces(emb: dict) -> np.ndarray:
   p = np.concatenate([emb["global"][:, None], emb["coarse"], emb["part"]], axis=1).astype(np.float64)
   return p / np.maximum(np.linalg.norm(p, axis=-1, keepdims=True), 1e-12)
@@ -97,11 +108,7 @@ def binding_report(model, params, config, ann, split: str = "test") -> dict:
   w = options.embed_weights
   weights = np.array([w.global_] + [w.coarse] * options.part.num_queries + [w.part] * parts)
   pv, pt = _pieces(img), _pieces(txt)
-  pairs = {}  # id → (its near-twin's id, the part they differ in); twin_of is recorded on one side only
-  for p in meta["identities"]:
-    if p.get("twin_of") is not None:
-      part = str(p.get("differs_in") or "").split(".")[0]
-      pairs[p["id"]], pairs[p["twin_of"]] = (p["twin_of"], part), (p["id"], part)
+  pairs = twin_pairs(meta)
   own, twin, target = [], [], []
   for q, (pid, caption) in enumerate(zip(ev.caption_pids, ev.captions)):
     other, part = pairs.get(int(pid), (None, ""))
