@@ -26,8 +26,9 @@ PAPER_RECIPE = {"optim.lr": 1e-3, "optim.eps": 1e-8, "optim.weight_decay": 0.0, 
 RECIPES = {
     # FMFA as released (yinhao1102/FMFA d0a3403, run.sh): every parameter at lr 5e-6, wd 4e-5 (groups commented out).
     "fmfa": {"optim.lr": 5e-6, "optim.param_groups": ()},
-    # Park et al.'s part model on CLIP: IRRA's recipe with ×lr_factor for every new module (our choice).
-    "pcc": {"optim.param_groups": NEW_MODULE_GROUPS},
+    # Park et al.'s part model on CLIP: IRRA's recipe with ×lr_factor for every new module (our choice); unmasked
+    # captions, as it has no MLM term (IRRA's masked-caption aliasing is no part of Park et al.'s method).
+    "pcc": {"optim.param_groups": NEW_MODULE_GROUPS, "data.caption_uses_mlm_ids": False},
     "combined": {"optim.param_groups": NEW_MODULE_GROUPS},
     # Park et al. as published: the lineage recipe, with each image backbone's normalisation.
     "pcc_paper_vit": dict(PAPER_RECIPE, **{"data.normalization": "half"}),
