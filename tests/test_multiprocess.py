@@ -83,18 +83,14 @@ def _write_config(folder: str, data_root: str) -> str:
   with open(path, "w") as f:
     f.write(f"""\"\"\"The tiny synthetic_pedes run of tests/test_multiprocess.py.\"\"\"
 from tpsearch_jax.config_files import load_config_module
+from tpsearch_jax.configs.base import apply_overrides
 
 OVERRIDES = {dict(OVERRIDES, **{"data.root": data_root})!r}
 
 
 def get_config(method={METHOD!r}):
   c = load_config_module({os.path.abspath(CONFIG)!r}).get_config(method)
-  for dotted, value in OVERRIDES.items():
-    *parents, leaf = dotted.split(".")
-    node = c
-    for name in parents:
-      node = node[name]
-    node[leaf] = value
+  apply_overrides(c, OVERRIDES, "tiny_synthetic.py")
   return c
 """)
   return path

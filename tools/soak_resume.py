@@ -35,18 +35,14 @@ OVERRIDES = {
 }
 CONFIG = """\"\"\"The soak's tiny synthetic_pedes run (tools/soak_resume.py).\"\"\"
 from tpsearch_jax.config_files import load_config_module
+from tpsearch_jax.configs.base import apply_overrides
 
 OVERRIDES = {overrides!r}
 
 
 def get_config(method="clip"):
   c = load_config_module({base!r}).get_config(method)
-  for dotted, value in OVERRIDES.items():
-    *parents, leaf = dotted.split(".")
-    node = c
-    for name in parents:
-      node = node[name]
-    node[leaf] = value
+  apply_overrides(c, OVERRIDES, "soak_config.py")
   return c
 """
 
