@@ -393,7 +393,8 @@ def test_stalled_run_ends_with_its_stacks_and_one_line(chain):
   assert len(lines) == 1 and "stalled: nothing finished for" in lines[0], stall["log"][-3000:]
   m = re.search(r"last finished step: (\d+)", lines[0])
   assert m and int(m.group(1)) >= EVERY, lines[0]
-  assert STALL_S <= stall["seconds"], stall["seconds"]  # not before the timeout
+  idle = re.search(r"nothing finished for (\d+) s \(limit (\d+) s", lines[0])
+  assert idle and int(idle.group(2)) == STALL_S <= int(idle.group(1)), lines[0]  # not before the timeout
   assert stall["stacks"] and "Thread" in stall["stacks"] and "tpsearch_jax/training/trainer.py" in stall["stacks"]
 
 

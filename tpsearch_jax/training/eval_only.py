@@ -47,7 +47,7 @@ def evaluate_only(config: ml_collections.ConfigDict | None, workdir: str) -> dic
   has_run = resume_checks.read_run_config(workdir) is not None or _has_checkpoints(workdir)
   if not has_run and not has_pretrained(config):
     raise UserError(f"{workdir} holds no run (no config.json, no checkpoints/ or best/): pass a training run's folder "
-                    "as --workdir, or set config.init.clip (or init.bert/vit/resnet) to evaluate imported weights")
+                    "as --workdir, or set config.init.clip (or init.bert/vit/resnet/run) to evaluate imported weights")
   s = build_setup(config, train=False)
   config = s.config
   which = config.eval.checkpoint
@@ -68,8 +68,9 @@ def evaluate_only(config: ml_collections.ConfigDict | None, workdir: str) -> dic
       raise FileNotFoundError(f"no {which} checkpoint in {workdir}")
     if not has_pretrained(config):
       raise FileNotFoundError(f"nothing to evaluate: no checkpoint in {workdir}/{ckpt_lib.BEST} or "
-                              f"{workdir}/{ckpt_lib.LAST} and no --config.init.clip=PATH (or init.bert/vit/resnet)")
-    inits = ", ".join(f"init.{f}={config.init[f]}" for f in ("clip", "bert", "vit", "resnet") if config.init.get(f))
+                              f"{workdir}/{ckpt_lib.LAST} and no --config.init.clip=PATH (or init.bert/vit/resnet/run)")
+    inits = ", ".join(f"init.{f}={config.init[f]}" for f in ("clip", "bert", "vit", "resnet", "run")
+                      if config.init.get(f))
     params, source, step = initial_state(s).params, inits, 0
   rows = s.evaluate(params, config.eval.splits, step, source)
   payload = eval_lib.results_payload(config, rows) | {"skipped": s.skipped(config.eval.splits)}
