@@ -33,7 +33,7 @@ browser:
 	fi
 
 test: env
-	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
+	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q --durations=20 tests
 
 # Trains and evaluates the demo, then scores it on 90 galleries of unseen people (docs/study_synthetic.md §3.3).
 demo: env
