@@ -8,9 +8,8 @@ import sys
 import textwrap
 import time
 
-from tpsearch_jax import main as main_lib
 from tpsearch_jax import user_errors
-from tpsearch_jax.training import trainer, watchdog
+from tpsearch_jax.training import watchdog
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,16 +55,25 @@ def test_watchdog_limit_adapts_to_the_longest_gap_and_zero_is_off(tmp_path):
     assert off._thread is None
 
 
-def test_diverged_run_is_one_line_with_its_own_status(monkeypatch, capsys):
-  def diverging():
-    raise trainer.NonFiniteLossError("non-finite loss at step 3; nothing from this step on was saved")
-  monkeypatch.setattr(main_lib, "_run", diverging)
-  assert main_lib._run_or_diverged(verbose=False) == user_errors.DIVERGED_STATUS == 3
-  err = capsys.readouterr().err.strip().splitlines()
-  assert err == ["tpsearch_jax.main: diverged: non-finite loss at step 3; nothing from this step on was saved"]
-  try:
-    main_lib._run_or_diverged(verbose=True)
-  except trainer.NonFiniteLossError:
-    pass
-  else:
-    raise AssertionError("--verbose must show the traceback")
+def test_diverged_run_is_one_line_with_its_own_status():
+  """main's diverged path (a subprocess: main defines absl flags that the search CLI's tests define too)."""
+  script = textwrap.dedent("""
+      import sys
+      from tpsearch_jax import main
+      from tpsearch_jax.training import trainer
+      def diverging():
+        raise trainer.NonFiniteLossError("non-finite loss at step 3; nothing from this step on was saved")
+      main._run = diverging
+      code = main._run_or_diverged(verbose=False)
+      try:
+        main._run_or_diverged(verbose=True)
+      except trainer.NonFiniteLossError:
+        sys.exit(code)
+      sys.exit(99)  # --verbose must show the traceback
+  """)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == user_errors.DIVERGED_STATUS == 3, out.stderr[-2000:]
+  lines = [line for line in out.stderr.splitlines() if line.startswith("tpsearch_jax.main")]
+  assert lines == ["tpsearch_jax.main: diverged: non-finite loss at step 3; nothing from this step on was saved"]
