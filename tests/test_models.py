@@ -192,8 +192,11 @@ def test_presets_follow_the_method_reference():
   assert (pcc["loss"]["id"], pcc["loss"]["triplet"], pcc["loss"]["cmr"], pcc["loss"]["sdm"]) == (1, 1, 1, 0)
   assert (pcc["loss"]["triplet_margin"], pcc["loss"]["cmr_margin"], pcc["loss"]["cmr_floor"]) == (0.2, 0.2, 0.05)
   assert pcc["model"]["use_parts"] and pcc["model"]["global_pool"] == "max"
+  # The lineage's part model (docs/part_model.md): one K/V LayerNorm for both modalities, gradient through the
+  # foreground map, signed features under it.
   assert pcc["model"]["part"] == dict(num_queries=6, num_parts=6, encoder_layers=1, decoder_layers=1, heads=8,
-                                      foreground=True)
+                                      foreground=True, kv_norm="shared", foreground_grad="through",
+                                      foreground_features="signed")
   cl = combined["loss"]
   assert combined["model"]["use_parts"] and (cl["asdm"], cl["id"], cl["mlm"], cl["efa"], cl["cmr"]) == (1,) * 5
 
