@@ -43,8 +43,9 @@ def evaluate_only(config: ml_collections.ConfigDict | None, workdir: str) -> dic
   workdir = ckpt_lib.resolve_dir(workdir)
   if "://" not in workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir} is a file, not a run folder")
-  config = resume_checks.eval_config(config, workdir)
-  has_run = resume_checks.read_run_config(workdir) is not None or _has_checkpoints(workdir)
+  saved = resume_checks.read_run_config(workdir)
+  config = resume_checks.eval_config(config, saved, workdir)
+  has_run = saved is not None or _has_checkpoints(workdir)
   if not has_run and not has_pretrained(config):
     raise UserError(f"{workdir} holds no run (no config.json, no checkpoints/ or best/): pass a training run's folder "
                     "as --workdir, or set config.init.clip (or init.bert/vit/resnet/run) to evaluate imported weights")

@@ -75,8 +75,6 @@ def config_differences(saved: Mapping[str, Any], config, allowed) -> list[str]:
   old, new = _flat(saved), _flat(_jsonable(config))
   if new.get("model.num_classes") is None:
     new.pop("model.num_classes", None)
-  common = old.keys() & new.keys()  # a field one side does not know: added or removed since, at its default there
-  old, new = {k: old[k] for k in common}, {k: new[k] for k in common}
   return [d for d in differences(old, new) if not _matches(d.split(":")[0], allowed)]
 
 
@@ -104,10 +102,10 @@ def check_run_identity(config, workdir: str) -> None:
                   f"{forward}, or add --config.train.allow_config_change=True to continue under the new settings")
 
 
-def eval_config(given, workdir: str):
-  """The config of ``--mode=eval`` in ``workdir``: the run's config.json, with the evaluation fields of ``given`` (a
-  --config) applied; refuses a ``given`` that changes anything else. No run there: ``given`` itself, else UserError."""
-  saved = read_run_config(workdir)
+def eval_config(given, saved: Mapping[str, Any] | None, workdir: str):
+  """The config of ``--mode=eval`` in ``workdir``: ``saved`` (the run's config.json, ``read_run_config``), with the
+  evaluation fields of ``given`` (a --config) applied; refuses a ``given`` that changes anything else. No run there
+  (``saved`` None): ``given`` itself, else UserError."""
   if saved is None:
     if given is None:
       raise UserError(f"{workdir} holds no run ({runs.CONFIG_FILE} not found): pass the run's folder as --workdir, or "
@@ -135,14 +133,10 @@ def settings(config) -> dict[str, Any]:
 
 
 def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-  """["optim.lr: 1e-05 → 0.001", ...] for every field whose value differs (or exists on one side only)."""
-  missing = object()
-  out = []
-  for key in sorted(set(saved) | set(current)):
-    a, b = saved.get(key, missing), current.get(key, missing)
-    if a != b:
-      out.append(f"{key}: {'(absent)' if a is missing else a} → {'(absent)' if b is missing else b}")
-  return out
+  """["optim.lr: 1e-05 → 0.001", ...] for every field both sides hold with different values (a field one side does
+  not know was added or removed since, and is at its default on the other side)."""
+  return [f"{key}: {saved[key]} → {current[key]}" for key in sorted(saved.keys() & current.keys())
+          if saved[key] != current[key]]
 
 
 def check_settings(saved: Mapping[str, Any] | None, current: Mapping[str, Any], folder: str, *, allow: bool) -> None:
@@ -150,8 +144,7 @@ def check_settings(saved: Mapping[str, Any] | None, current: Mapping[str, Any], 
   if saved is None:
     logging.info("%s records no settings (written by an older version): the settings are not compared", folder)
     return
-  common = saved.keys() & current.keys()  # a field one side does not record: added or removed since
-  changed = differences({k: saved[k] for k in common}, {k: current[k] for k in common})
+  changed = differences(saved, current)
   if not changed:
     return
   listing = "; ".join(changed)
