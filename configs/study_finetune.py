@@ -28,6 +28,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _REPAIRS = (("loss.ranking_mining", "batch_hard"), ("loss.ranking_reduction", "mean"),
             ("model.part.kv_norm", "modality"), ("model.part.foreground_features", "shifted"),
             ("model.part.foreground_grad", "stop"), ("loss.cmr_commonality", "freq"))
+_CANDIDATE = (("loss.id_pieces", "global"), ("model.embed_weights.global_", 12.0))
 SWITCHES = (
     ("pcc_batch_hard", "pcc", _REPAIRS[:1]),
     ("pcc_batch_all", "pcc", (("loss.ranking_mining", "batch_all"),)),
@@ -38,9 +39,13 @@ SWITCHES = (
     ("pcc_global_heavy", "pcc", (("model.embed_weights.global_", 12.0),)),  # global = the 6 coarse + 6 parts
     ("pcc_repaired", "pcc", _REPAIRS),
     ("combined_repaired", "combined", _REPAIRS),
+    # The candidate part recipe of the first single-seed runs (docs/part_model.md): the ID term on the global
+    # embedding only, and a global-heavy test score (global 12 = the 6 coarse + 6 part pieces together).
+    ("pcc_candidate", "pcc", _CANDIDATE),
+    ("combined_candidate", "combined", _CANDIDATE),
 )
 STUDIES = {
-    "main": (("clip", "irra", "fmfa", "pcc", "combined"), (0, 1, 2, 3, 4)),
+    "main": (("clip", "pcc_candidate", "fmfa", "combined_candidate", "irra", "pcc", "combined"), (0, 1, 2, 3, 4)),
     "ladder": (("pcc_global", "pcc_coarse", "pcc_parts", "pcc", "pcc_fixed_margin", "pcc_cmr_freq"), (0, 1, 2)),
     "switches": (tuple(name for name, _, _ in SWITCHES), (0, 1, 2)),
 }

@@ -36,11 +36,11 @@ DEMO = ("clip", {"model.clip.vision_layers": 3, "model.clip.text_layers": 3, "op
 # The pretraining stand-in (configs/synthetic_finetune.py starts from it through config.init.run): the demo's recipe
 # (SDM only, 3-layer towers) on a disjoint pool of identities (generator seed 1) with a distribution shift that
 # fine-tuning has to close: "plain" captions (other templates and words, upper / lower colours only, no part detail).
-PRETRAIN_IDS = 3000
+PRETRAIN_IDS = 2000
 PRETRAIN = {"data.root": "/tmp/tpsearch_data/synthetic_pedes_pretrain",
             "data.synthetic": dict(num_ids=PRETRAIN_IDS, images_per_id=4, seed=1, image_size=(144, 48),
                                    split_fractions=(0.98, 0.01, 0.01), caption_style="plain"),
-            "schedule.num_epochs": 8, "eval.every_epochs": 2}
+            "schedule.num_epochs": 4, "eval.every_epochs": 2, "eval.splits": ("val",)}
 
 
 def get_config(method: str = "irra"):

@@ -1,6 +1,6 @@
 """Fine-tuning on synthetic_pedes from the pretraining stand-in, as the real benchmarks fine-tune from CLIP.
 
-``configs/synthetic.py:pretrain`` trains the towers (SDM only) on 3,000 other identities (generator seed 1) whose
+``configs/synthetic.py:pretrain`` trains the towers (SDM only) on 2,000 other identities (generator seed 1) whose
 captions are "plain" (other templates and words, colours only). Every method here starts from that run's towers
 (``config.init.run``: each parameter whose path and shape match; the part model, classifier, cross-former and MLM head
 start fresh) and fine-tunes on the usual 1,000-identity data (generator seed 0, full part-level captions) with a
@@ -34,7 +34,7 @@ FINETUNE = {
     "optim.param_groups": optim.NEW_MODULE_GROUPS,
     "optim.eps": 1e-8,
     "optim.weight_decay": 4e-5,
-    "schedule.num_epochs": 6,
+    "schedule.num_epochs": 3,
     "schedule.warmup_epochs": 1,
     "eval.every_epochs": 1,
     "data.caption_uses_mlm_ids": False,  # only the MLM term should see masked captions (on: mlm_ids stay separate)
