@@ -25,6 +25,7 @@ import ml_collections
 from tpsearch_jax.config_files import load_config_module
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+HELDOUT_POOL = "/tmp/tpsearch_data/heldout_pool"  # study.galleries: 440 unseen identities, generator seed 7
 _REPAIRS = (("loss.ranking_mining", "batch_hard"), ("loss.ranking_reduction", "mean"),
             ("model.part.kv_norm", "modality"), ("model.part.foreground_features", "shifted"),
             ("model.part.foreground_grad", "stop"), ("loss.cmr_commonality", "freq"))
@@ -63,4 +64,6 @@ def get_config(size: str = "main") -> ml_collections.ConfigDict:
   c.variants = tuple(ladder) + SWITCHES
   c.overrides = ()
   c.steps_per_epoch = 0
+  c.reference = ("clip", "irra", "fmfa")  # the global methods: paired differences are to the best of them
+  c.heldout_pool = HELDOUT_POOL
   return c

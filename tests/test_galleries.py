@@ -65,6 +65,19 @@ def test_gallery_rows_score_each_gallery_against_its_own_images_only():
   np.testing.assert_allclose([r["mAP"] for r in rows], [100.0, 75.0])  # query 3: AP 1/2
 
 
+def test_gallery_rows_of_a_query_subset_leave_out_galleries_without_one():
+  # The scores of the test above; only queries 1 and 3 are kept. Gallery {1, 2} scores query 1 alone (R1 100),
+  # gallery {3, 4} query 3 alone (rank 2: R1 0, AP 1/2); a third gallery {5} has no kept query and gets no row.
+  scores = np.array([[0.5, 0.1, 0.9, 0.0, 0.3], [0.2, 0.8, 0.1, 0.3, 0.0], [0.1, 0.0, 0.4, 0.7, 0.2],
+                     [0.0, 0.2, 0.1, 0.6, 0.1], [0.0, 0.1, 0.2, 0.3, 0.9]], np.float32)
+  pids = np.array([1, 2, 3, 4, 5])
+  rows = galleries.gallery_rows(scores, pids, pids, [[1, 2], [3, 4], [5]],
+                                queries=np.array([True, False, True, False, False]))
+  assert [(r["queries"], r["gallery"]) for r in rows] == [(1, 2), (1, 2)]
+  np.testing.assert_allclose([r["R1"] for r in rows], [100.0, 0.0])
+  np.testing.assert_allclose([r["mAP"] for r in rows], [100.0, 50.0])
+
+
 def test_oracle_r1_counts_only_the_gallery_identities():
   # CASES' captions of pids 1, 1, 2 and 7 (test_hard_subset, by hand): "blue jeans, black shoes" fits 1, 2, 7 and 9,
   # so 1 and 2 in the gallery {1, 2}; every other caption fits its own person only. Pid 7's caption is a query of a

@@ -58,19 +58,22 @@ def partition(groups: Sequence[Sequence[int]], ids_per_gallery: int, rng: np.ran
 
 
 def gallery_rows(scores: np.ndarray, query_pids: np.ndarray, gallery_pids: np.ndarray,
-                 galleries: Sequence[Sequence[int]]) -> list[dict[str, float]]:
+                 galleries: Sequence[Sequence[int]], queries: np.ndarray | None = None) -> list[dict[str, float]]:
   """scores [Q, G], query_pids [Q], gallery_pids [G], galleries (lists of ids) → per gallery the retrieval metrics
-  of its own queries against its own images only (other images scored below all of them, in one metrics pass)."""
+  of its own queries against its own images only (other images scored below all of them, in one metrics pass).
+  ``queries``: bool [Q], the queries to score (default: all); a gallery with none of them gets no row."""
   gallery_of = {pid: i for i, ids in enumerate(galleries) for pid in ids}
   query_gallery = np.asarray([gallery_of.get(int(p), -1) for p in query_pids])
   image_gallery = np.asarray([gallery_of.get(int(p), -2) for p in gallery_pids])
   kept = query_gallery >= 0  # the captions of identities left out of every gallery are not scored
+  if queries is not None:
+    kept &= np.asarray(queries, bool)
   own = query_gallery[kept, None] == image_gallery[None, :]
   masked = np.where(own, scores[kept], np.min(scores) - 1.0).astype(np.float32)
   rows = grouped_retrieval_metrics(masked, np.asarray(query_pids)[kept], gallery_pids, query_gallery[kept])
   return [{k: rows[i][k] for k in METRICS} | {"queries": rows[i]["num_queries"],
                                               "gallery": int((image_gallery == i).sum())}
-          for i in range(len(galleries))]
+          for i in range(len(galleries)) if i in rows]
 
 
 def oracle_r1(fits: np.ndarray, identity_ids: Sequence[int], caption_pids: np.ndarray, ids: Sequence[int]) -> float:
@@ -110,7 +113,7 @@ def evaluate_run(workdir: str, pool: str, ids_per_gallery: int = IDS_PER_GALLERY
   ann = annotations.read_annotations("synthetic_pedes", pool)
   identities = hard_subset.read_identities(pool)
 
-  model_rows, oracle_rows = [], []
+  model_rows, hard_rows, oracle_rows, num_hard = [], [], [], 0
   for split_index, split in enumerate(("val", "test")):
     data = ann.split(split)
     scores = split_scores(run, data)
@@ -118,12 +121,18 @@ def evaluate_run(workdir: str, pool: str, ids_per_gallery: int = IDS_PER_GALLERY
     fits = hard_subset.fit_matrix(in_split, data.captions)
     identity_ids = [p["id"] for p in in_split]
     groups = families(identities, split)
+    # A twin pair stays in one gallery, so a query that is hard in its split for its twin is hard in its gallery.
+    hard = np.asarray([bool(r) for r in hard_subset.hard_reasons(identities, split, data.captions,
+                                                                 data.caption_pids)], bool)
+    num_hard += int(hard.sum())
     for r in range(repeats):
       galleries = partition(groups, ids_per_gallery, np.random.default_rng([r, split_index]))
       model_rows += gallery_rows(scores, data.caption_pids, data.image_pids, galleries)
+      hard_rows += gallery_rows(scores, data.caption_pids, data.image_pids, galleries, queries=hard)
       oracle_rows += [{"R1": oracle_r1(fits, identity_ids, data.caption_pids, g)} for g in galleries]
-  return {"model": summarise(model_rows, repeats), "oracle": summarise(oracle_rows, repeats),
-          "galleries": len(model_rows), "repeats": repeats, "step": run.step, "checkpoint": run.checkpoint}
+  return {"model": summarise(model_rows, repeats), "hard": summarise(hard_rows, repeats), "hard_queries": num_hard,
+          "oracle": summarise(oracle_rows, repeats), "galleries": len(model_rows), "repeats": repeats,
+          "step": run.step, "checkpoint": run.checkpoint}
 
 
 def format_summary(result: Mapping[str, Any]) -> str:
@@ -131,8 +140,9 @@ def format_summary(result: Mapping[str, Any]) -> str:
   model = result["model"]
   cells = ", ".join(f"{k} {model[k]['mean']:.2f} ± {model[k]['sem']:.2f}" for k in METRICS)
   return (f"{result['galleries']} galleries ({result['repeats']} partitions), {model['gallery']['mean']:.0f} images "
-          f"each, step {result['step']}: {cells}; attribute oracle R1 {result['oracle']['R1']['mean']:.2f} ± "
-          f"{result['oracle']['R1']['sem']:.2f}")
+          f"each, step {result['step']}: {cells}; hard queries ({result['hard_queries']}) R1 "
+          f"{result['hard']['R1']['mean']:.2f} ± {result['hard']['R1']['sem']:.2f}; attribute oracle R1 "
+          f"{result['oracle']['R1']['mean']:.2f} ± {result['oracle']['R1']['sem']:.2f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

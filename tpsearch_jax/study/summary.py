@@ -1,4 +1,6 @@
-"""The study summary: mean ± std over seeds (Markdown), validation R1 over training (PNG), wall time per run.
+"""The study summary: mean ± std over seeds (Markdown), validation R1 over training (PNG), wall time per run; with
+``study.reference`` the held-out galleries and the paired differences by seed, and the part models' binding measures
+(``study.paired``).
 
 Reads each run's results.json (the selected checkpoint's rows: "val", "test", "test_hard"), its study_run.json (wall
 time) and the ``eval/<select_on>/R1`` scalars the trainer writes to the work directory's event file.
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tpsearch_jax.evaluate import METRIC_KEYS, RESULTS_FILE
+from tpsearch_jax.study import paired
 from tpsearch_jax.study.runner import RUN_FILE, run_dir
 
 SUMMARY_MD, SUMMARY_JSON, CURVES_PNG = "summary.md", "summary.json", "val_r1.png"
@@ -120,9 +123,16 @@ def plot_curves(found: dict, path: str, steps_per_epoch: int | None = None,
 def summarize(study, out: str) -> str:
   """Writes OUT/summary.md, summary.json and val_r1.png from the finished runs; returns the Markdown."""
   found = collect(study, out)
+  paired.attach_heldout(study, out, found, compute=True)
   lines = ["# Study summary", "", f"Runs under `{out}`; selection on val R1; seeds {list(study.seeds)}.", "",
            "## Test", ""] + _table(found, "test", True) + ["", "## Hard test queries (test_hard)", ""]
   lines += _table(found, "test_hard", False)
+  if study.get("reference"):
+    lines += ["", "## Paired by seed (mean ± standard error over seeds)", ""]
+    lines += paired.paired_tables(found, study.reference)
+  binding = paired.binding_table(found)
+  if binding:
+    lines += ["", "## Binding (test split, means over seeds)", ""] + binding
   lines += ["", "## Wall time per run (s)", "", "| method | " + " | ".join(f"seed {s}" for s in study.seeds) + " |",
             "|---|" + "---:|" * len(study.seeds)]
   for method, runs in found.items():
