@@ -38,6 +38,9 @@ SWITCHES = (
     ("pcc_fg_shifted", "pcc", _REPAIRS[3:4]),
     ("pcc_fg_stop", "pcc", _REPAIRS[4:5]),
     ("pcc_global_heavy", "pcc", (("model.embed_weights.global_", 12.0),)),  # global = the 6 coarse + 6 parts
+    ("pcc_id_global", "pcc", (("loss.id_pieces", "global"),)),
+    ("pcc_sdm_global", "pcc", (("loss.global_loss", "sdm"), ("loss.sdm", 1.0))),  # SDM instead of triplet on global
+    ("pcc_mlm_ids", "pcc", (("data.caption_uses_mlm_ids", True),)),  # the base config's masked captions
     ("pcc_repaired", "pcc", _REPAIRS),
     ("combined_repaired", "combined", _REPAIRS),
     # The candidate part recipe of the first single-seed runs (docs/part_model.md): the ID term on the global
@@ -50,10 +53,12 @@ STUDIES = {
     "ladder": (("pcc_global", "pcc_coarse", "pcc_parts", "pcc", "pcc_fixed_margin", "pcc_cmr_freq"), (0, 1, 2)),
     "switches": (tuple(name for name, _, _ in SWITCHES), (0, 1, 2)),
 }
+STUDIES["all"] = (tuple(dict.fromkeys(m for size in STUDIES for m in STUDIES[size][0])), (0, 1, 2, 3, 4))
 
 
 def get_config(size: str = "main") -> ml_collections.ConfigDict:
-  """The study ``size`` ("main" | "ladder" | "switches"): methods, variants, seeds over synthetic_finetune.py."""
+  """The study ``size`` ("main" | "ladder" | "switches" | "all": every method of the three, for the summary):
+  methods, variants, seeds over synthetic_finetune.py."""
   if size not in STUDIES:
     raise ValueError(f"study {size!r}: choose one of {', '.join(STUDIES)}")
   ladder = load_config_module(os.path.join(_HERE, "study_synthetic.py")).VARIANTS
