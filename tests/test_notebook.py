@@ -41,3 +41,4 @@ def test_notebook_runs_and_shows_every_section(executed):
   assert "rank of first hit" in text  # the worst queries
   assert "pieces: global, coarse_1, coarse_2, part_1, part_2, part_3" in text
   assert "not a part-level model" not in text
+  assert "foreground map vs person mask: AUC" in text and "| stripe_0 |" in text  # the binding measures
