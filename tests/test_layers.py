@@ -2,7 +2,8 @@
 level or inside a function), read with ``ast``.
 
 Bottom to top: the contracts (``user_errors``, ``batch``, ``sharding``, ``config_files``); the math (``losses``,
-``part_losses``, ``masked_mlm``, ``metrics``, ``binding``); ``objectives``; ``models``; the data side (``data``) and
+``ranking_losses``, ``loss_inputs``, ``masked_mlm``, ``metrics``, ``binding``); ``objectives``; ``models``; the data side
+(``data``) and
 the training library (``training``), ``evaluate``, ``evaluate_binding``; the config layer (``configs``: method recipes, the base config); the orchestrators
 (``training.trainer`` / ``setup`` / ``eval_only``, ``search``, ``bench``, ``study``, ``main``, ``benchmark``).
 """
@@ -31,11 +32,11 @@ NETWORKS = r"tpsearch_jax\.models\.(?!retrieval$|presets$|registry$)\w+"
 RULES = [
     (r"tpsearch_jax\.models\b", r"tpsearch_jax\.(training|configs|data|evaluate|metrics|flops)\b|" + ORCHESTRATORS,
      "models know nothing about optimizers, schedules, recipes, data pipelines or training"),
-    (NETWORKS, r"tpsearch_jax\.(objectives|batch|losses|masked_mlm)\b",
+    (NETWORKS, r"tpsearch_jax\.(objectives|batch|losses|ranking_losses|loss_inputs|masked_mlm)\b",
      "the networks know nothing about objectives or batches"),
     (r"tpsearch_jax\.(batch|user_errors|sharding|config_files)$", r"tpsearch_jax\.(?!user_errors$)",
      "the contracts import nothing of the package (user_errors aside)"),
-    (r"tpsearch_jax\.(losses|part_losses|masked_mlm|metrics|binding|objectives)$",
+    (r"tpsearch_jax\.(losses|ranking_losses|loss_inputs|masked_mlm|metrics|binding|objectives)$",
      r"tpsearch_jax\.(models|training|configs|data|evaluate|batch)\b|" + ORCHESTRATORS,
      "the math and the objectives sit below the models"),
     (r"tpsearch_jax\.data\b", r"tpsearch_jax\.(training|configs|evaluate|objectives)\b|" + ORCHESTRATORS,
@@ -44,7 +45,8 @@ RULES = [
      "the training library takes a config; it does not build one"),
     (r"tpsearch_jax\.(?!(main|benchmark|cli_help)$|search\b|bench\b|study\b|training\.(trainer|setup|eval_only)$)\w+",
      ORCHESTRATORS, "the library never imports an orchestrator"),
-    (r"tpsearch_jax\.(search|bench|models|evaluate|evaluate_binding|metrics|binding|objectives|losses)\b"
+    (r"tpsearch_jax\.(search|bench|models|evaluate|evaluate_binding|metrics|binding|objectives|losses|ranking_losses"
+     r"|loss_inputs)\b"
      r"|tpsearch_jax\.training\.(state|optim|checkpointing|runs|resume_checks|config_checks|progress)$",
      TF, "TensorFlow stays on the data side"),
 ]
@@ -111,7 +113,7 @@ def test_the_check_sees_a_model_importing_training(tmp_path):
     ("tpsearch_jax.models.presets", "tpsearch_jax.training.optim"),
     ("tpsearch_jax.models.backbones", "tpsearch_jax.training"),
     ("tpsearch_jax.training.state", "tpsearch_jax.configs.recipes"),
-    ("tpsearch_jax.search.library", "tpsearch_jax.data.pipeline.training"),
+    ("tpsearch_jax.search.indexing", "tpsearch_jax.data.pipeline.training"),
     ("tpsearch_jax.evaluate", "tpsearch_jax.bench.flops"),
 ])
 def test_each_known_upward_import_is_forbidden(importer, target):

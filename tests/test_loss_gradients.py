@@ -18,9 +18,9 @@ import pytest
 
 import numpy_reference as ref
 from test_losses import _picker
-from tpsearch_jax import losses
+from tpsearch_jax import losses, ranking_losses
 
-MINE = jax.jit(losses.mine_semi_hard_negatives)
+MINE = jax.jit(ranking_losses.mine_semi_hard_negatives)
 Y = np.array([3, 1, 3, 0, 1], np.int32)  # duplicates: same-id positives off the diagonal
 
 
@@ -158,7 +158,7 @@ def _ranking_batch(seed=7, b=10, d=6):
 
 
 def _triplet(v, t, y, key):
-  return losses.triplet_ranking_loss(v, t, y, key)
+  return ranking_losses.triplet_ranking_loss(v, t, y, key)
 
 
 def test_triplet_gradient_with_the_drawn_negatives_held():
@@ -180,7 +180,7 @@ def _parts(seed=4, b=8, p=2, d=4, k=4):
 
 
 def _cmr(vp, tp, y, key, li, lt):
-  return losses.cmr_loss(vp, tp, y, key, 0.2, 0.05, image_part_logits=li, text_part_logits=lt)
+  return ranking_losses.cmr_loss(vp, tp, y, key, 0.2, 0.05, image_part_logits=li, text_part_logits=lt)
 
 
 def _cmr_reference(vp, tp, y, key, li, lt):
@@ -213,7 +213,7 @@ def _masked(name):
   return {"sdm": lambda a, c, y, valid, key: losses.sdm_loss(a, c, y, valid=valid),
           "asdm": lambda a, c, y, valid, key: losses.asdm_loss(a, c, y, alpha=0.5, valid=valid),
           "itc": lambda a, c, y, valid, key: losses.itc_loss(a, c, 20.0, valid=valid),
-          "triplet": lambda a, c, y, valid, key: losses.triplet_ranking_loss(a, c, y, key, valid=valid)}[name]
+          "triplet": lambda a, c, y, valid, key: ranking_losses.triplet_ranking_loss(a, c, y, key, valid=valid)}[name]
 
 
 MASKED = {name: _masked(name) for name in ("sdm", "asdm", "itc", "triplet")}

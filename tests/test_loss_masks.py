@@ -13,7 +13,7 @@ import pytest
 
 import numpy_reference as ref
 from test_losses import FALLBACK, ONE_CANDIDATE, ONE_DIRECTION, Y6, _designed, _feats_with_similarity, _picker
-from tpsearch_jax import losses, objectives
+from tpsearch_jax import losses, objectives, ranking_losses
 
 RTOL = 1e-5
 # padding layouts: the sampler's (repeats of the real rows at the end), random rows (ids shared with real rows),
@@ -139,27 +139,27 @@ def test_valid_mask_shape_is_checked():
   with pytest.raises(ValueError, match="valid"):
     losses.sdm_loss(v, v, np.arange(4), valid=np.ones(3, bool))
   with pytest.raises(ValueError, match="valid"):
-    losses.triplet_ranking_loss(v, v, np.arange(4), jax.random.key(0), valid=np.ones((4, 1), bool))
+    ranking_losses.triplet_ranking_loss(v, v, np.arange(4), jax.random.key(0), valid=np.ones((4, 1), bool))
 
 
 # ------------------------------------------------------------------------------------------------ mining
 
 
-MINE = jax.jit(losses.mine_semi_hard_negatives)
-TRIPLET = jax.jit(losses.triplet_ranking_loss)
-CMR = jax.jit(losses.cmr_loss, static_argnames=("commonality",))
+MINE = jax.jit(ranking_losses.mine_semi_hard_negatives)
+TRIPLET = jax.jit(ranking_losses.triplet_ranking_loss)
+CMR = jax.jit(ranking_losses.cmr_loss, static_argnames=("commonality",))
 
 
 def _triplet(a, c, y, valid, key):
-  return losses.triplet_ranking_loss(a, c, y, key, valid=valid)
+  return ranking_losses.triplet_ranking_loss(a, c, y, key, valid=valid)
 
 
 def _cmr_prob(a, c, y, valid, key, li, lt, tau):
-  return losses.cmr_loss(a, c, y, key, 0.2, image_part_logits=li, text_part_logits=lt, tau=tau, valid=valid)
+  return ranking_losses.cmr_loss(a, c, y, key, 0.2, image_part_logits=li, text_part_logits=lt, tau=tau, valid=valid)
 
 
 def _cmr_freq(a, c, y, valid, key, li, lt, tau):
-  return losses.cmr_loss(a, c, y, key, 0.2, commonality="freq", tau=tau, valid=valid)
+  return ranking_losses.cmr_loss(a, c, y, key, 0.2, commonality="freq", tau=tau, valid=valid)
 
 
 def _mining_batch(n=16, d=8, seed=7):

@@ -5,9 +5,9 @@ wiring names (objectives module docstring), selected here from the outputs by th
 Which tokens (EFA: every caption position vs the patch tokens without CLS), which margins (t2e on the text term,
 i2e on the image term), which pieces (id: every piece; triplet: global + coarse, or coarse only with
 global_loss="sdm"; CMR: the parts), which logits (CMR "prob": the classifier's LAST num_parts pieces). The random
-negatives of the triplet and CMR terms are drawn by ``losses.mine_semi_hard_negatives`` with the documented keys
-(rng → (triplet, cmr) = split(rng); one sub-key per ranked embedding / part, split into image and text anchors);
-every drawn negative is checked to lie in the numpy semi-hard set.
+negatives of the triplet and CMR terms are drawn by ``ranking_losses.mine_semi_hard_negatives`` with the documented
+keys (rng → (triplet, cmr) = split(rng); one sub-key per ranked embedding / part, split into image and text
+anchors); every drawn negative is checked to lie in the numpy semi-hard set.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 import numpy_reference as ref
 from test_losses import _picker
-from tpsearch_jax import losses, objectives
+from tpsearch_jax import objectives, ranking_losses
 from tpsearch_jax.models import build_model, model_options, tiny_model_config
 from tpsearch_jax.models.presets import METHODS
 
@@ -32,7 +32,7 @@ PIDS = np.array([0, 0, 1, 1, 2, 3, 5, 5], np.int32)
 RTOL = 2e-6  # float32 outputs → float32 loss vs the float64 reference: observed ≤ 1.5e-7
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 CLIP_METHODS = ("clip", "irra", "fmfa", "fmfa_paper", "pcc", "combined")  # the paper-backbone presets: see below
-MINE = jax.jit(losses.mine_semi_hard_negatives)
+MINE = jax.jit(ranking_losses.mine_semi_hard_negatives)
 
 
 def _config(method: str) -> dict:

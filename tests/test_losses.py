@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import numpy_reference as ref
-from tpsearch_jax import losses
+from tpsearch_jax import losses, ranking_losses
 
 RTOL = 1e-5
 
@@ -21,9 +21,9 @@ ITC = jax.jit(losses.itc_loss)
 ID = jax.jit(losses.id_loss)
 MLM = jax.jit(losses.mlm_loss)
 EFA = jax.jit(losses.efa_loss, static_argnames=("safe", "row_block", "arithmetic"))
-TRIPLET = jax.jit(losses.triplet_ranking_loss)
-MINE = jax.jit(losses.mine_semi_hard_negatives)
-CMR = jax.jit(losses.cmr_loss, static_argnames=("commonality",))
+TRIPLET = jax.jit(ranking_losses.triplet_ranking_loss)
+MINE = jax.jit(ranking_losses.mine_semi_hard_negatives)
+CMR = jax.jit(ranking_losses.cmr_loss, static_argnames=("commonality",))
 
 PID_CASES = {
     "distinct": [0, 1, 2, 3, 4, 5],
@@ -270,7 +270,7 @@ def test_triplet_random_picks_are_semi_hard_and_loss_matches():
 def test_semi_hard_pick_is_uniform_over_candidates():
   s = _designed({(0, 2): 0.3, (0, 3): 0.25, (0, 5): 0.35, (0, 4): 0.7})
   keys = jax.random.split(jax.random.key(0), 3000)
-  neg, found = jax.jit(jax.vmap(lambda k: losses.mine_semi_hard_negatives(s, Y6, k, 0.2)))(keys)
+  neg, found = jax.jit(jax.vmap(lambda k: ranking_losses.mine_semi_hard_negatives(s, Y6, k, 0.2)))(keys)
   assert bool(np.all(np.asarray(found)[:, 0]))
   counts = np.bincount(np.asarray(neg)[:, 0], minlength=6)
   assert counts[[0, 1, 4]].sum() == 0
@@ -303,7 +303,7 @@ def test_cmr_matches_reference(commonality):
 def test_cmr_requires_logits_for_prob():
   vp = np.ones((4, 2, 3), np.float32)
   with pytest.raises(ValueError, match="image_part_logits"):
-    losses.cmr_loss(vp, vp, np.arange(4), jax.random.key(0))
+    ranking_losses.cmr_loss(vp, vp, np.arange(4), jax.random.key(0))
 
 
 # ------------------------------------------------------------------------------------------------ all losses
@@ -333,8 +333,8 @@ def _all_losses(seed=0):
       ("efa_mask", lambda a, c: losses.efa_loss(a, c, text_mask=mask), (tt, vv), lambda a, c: ref.efa(a, c, mask=mask)),
       ("efa_paper", lambda a, c: losses.efa_loss(a, c, 0.2, 1.0, arithmetic="paper"), (tt, vv),
        lambda a, c: ref.efa_paper(a, c, 0.2, 1.0)),
-      ("triplet", lambda a, c: losses.triplet_ranking_loss(a, c, y, key), (v, t), None),
-      ("cmr", lambda a, c: losses.cmr_loss(a[:, None], c[:, None], y, key, commonality="freq"), (v, t), None),
+      ("triplet", lambda a, c: ranking_losses.triplet_ranking_loss(a, c, y, key), (v, t), None),
+      ("cmr", lambda a, c: ranking_losses.cmr_loss(a[:, None], c[:, None], y, key, commonality="freq"), (v, t), None),
   ]
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import tpsearch_jax
-from tpsearch_jax import losses, metrics, part_losses
+from tpsearch_jax import losses, metrics, ranking_losses
 from tpsearch_jax.data import annotations
 from tpsearch_jax.models.clip import weights
 from tpsearch_jax.training import runs
@@ -17,7 +17,7 @@ def test_root_names_are_the_real_modules_objects():
   assert tpsearch_jax.load_clip is weights.load_clip and tpsearch_jax.load_run is runs.load_run
   assert tpsearch_jax.read_annotations is annotations.read_annotations
   assert tpsearch_jax.retrieval_metrics is metrics.retrieval_metrics and tpsearch_jax.losses is losses
-  assert tpsearch_jax.sdm_loss is losses.sdm_loss and tpsearch_jax.cmr_ranking_loss is part_losses.cmr_ranking_loss
+  assert tpsearch_jax.sdm_loss is losses.sdm_loss and tpsearch_jax.cmr_ranking_loss is ranking_losses.cmr_ranking_loss
   names = dir(tpsearch_jax)
   assert {"efa_loss", "id_loss", "load_run", "retrieval_metrics"} <= set(names)
 

@@ -6,7 +6,7 @@ The functions a user calls are importable from here and from their own modules (
     tpsearch_jax.load_run(workdir, "best")                  training.runs: a trained run's config, model, params
     tpsearch_jax.read_annotations(name, root)               data.annotations: a benchmark's splits
     tpsearch_jax.retrieval_metrics(sim, q_pids, g_pids)     metrics: R@1/5/10, mAP, mINP
-    tpsearch_jax.sdm_loss(...), tpsearch_jax.losses         losses, part_losses: every objective (``*_loss``), pure
+    tpsearch_jax.sdm_loss(...), tpsearch_jax.losses         losses, ranking_losses: every objective (``*_loss``), pure
 
 The names load on first use, so ``import tpsearch_jax`` costs nothing and importing a submodule does not pull in the
 rest of the package.
@@ -29,11 +29,11 @@ _EXPORTS = {
     "retrieval_metrics_from_embeddings": "tpsearch_jax.metrics",
 }
 _LOSSES = "tpsearch_jax.losses"
-_LOSS_MODULES = (_LOSSES, "tpsearch_jax.part_losses")
+_LOSS_MODULES = (_LOSSES, "tpsearch_jax.ranking_losses")
 
 
 def _loss_functions() -> dict:
-  """The objectives: the public functions named ``*_loss`` of ``losses`` and ``part_losses``, by name."""
+  """The objectives: the public functions named ``*_loss`` of ``losses`` and ``ranking_losses``, by name."""
   out = {}
   for name in _LOSS_MODULES:
     module = _importlib.import_module(name)

@@ -1,4 +1,5 @@
-"""Training objectives of IRRA, FMFA and the part-level correspondence model, as pure jax.numpy functions.
+"""Training objectives of IRRA and FMFA (distribution matching, identity, masked tokens, fine-grained alignment), as
+pure jax.numpy functions; the ranking losses of the part model are in ``ranking_losses``.
 
 Every function accepts float32 or bfloat16 inputs, computes in float32 and returns a float32 scalar; all are
 jit-able, stateless, and take randomness only through an explicit PRNG key. Notation: B batch, D feature dim,
@@ -8,8 +9,9 @@ Row mask: every batch-level loss takes ``valid`` bool [B] | None (the padded sho
 ``config.data.drop_last=False``). With a mask the loss equals the same loss on the sub-batch of the valid rows
 (order kept): padding rows are replaced by a constant before any arithmetic (so their features get exactly zero
 gradient, whatever they hold), are neither anchors, positives nor negatives (their logits are −inf, their pairs are
-never candidates), and are left out of every normaliser, mean and in-batch count. The random negative mining draws
-by rank among the valid rows, so a padded batch picks the same negatives as its unpadded sub-batch.
+never candidates), and are left out of every normaliser, mean and in-batch count. The random negative mining of
+``ranking_losses`` draws by rank among the valid rows, so a padded batch picks the same negatives as its unpadded
+sub-batch.
 
 | function | reproduces |
 |---|---|
@@ -19,8 +21,6 @@ by rank among the valid rows, so a padded batch picks the same negatives as its 
 | mlm_loss | IRRA implicit relation reasoning (masked-token CE over labelled positions) |
 | itc_loss | CLIP InfoNCE (identity-blind) |
 | efa_loss | FMFA explicit fine-grained alignment: released-code arithmetic (default) or the paper's |
-| triplet_ranking_loss | SSAN/LGUR/PLOT ranking loss with random semi-hard negatives |
-| cmr_loss | commonality-based margin ranking loss (per-part triplets with per-anchor margins) |
 """
 
 from __future__ import annotations
@@ -28,41 +28,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from tpsearch_jax.loss_inputs import as_f32, check_pair, check_valid, pad_rows
+
 _F32 = jnp.float32
-
-
-def _f32(*xs):
-  return tuple(jnp.asarray(x).astype(_F32) for x in xs)
 
 
 def _unit(x: jax.Array) -> jax.Array:
   """x/‖x‖ over the last axis with no epsilon (IRRA/FMFA): a zero vector gives NaN, as in the reference."""
   return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def _check_pair(name: str, image_feats, text_feats, pids) -> None:
-  if image_feats.ndim != 2 or image_feats.shape != text_feats.shape:
-    raise ValueError(f"{name}: image_feats {image_feats.shape} and text_feats {text_feats.shape} must both be [B, D]")
-  if pids.shape != (image_feats.shape[0],):
-    raise ValueError(f"{name}: pids {pids.shape} must be [B] with B = {image_feats.shape[0]}")
-
-
-def _check_valid(name: str, valid, b: int) -> jax.Array | None:
-  """valid bool [B] | None → bool [B] | None; a wrong shape raises ValueError naming ``name``."""
-  if valid is None:
-    return None
-  valid = jnp.asarray(valid).astype(bool)
-  if valid.shape != (b,):
-    raise ValueError(f"{name}: valid {valid.shape} must be [B] = ({b},)")
-  return valid
-
-
-def _pad_rows(x: jax.Array, valid: jax.Array | None, fill: float = 1.0) -> jax.Array:
-  """x [B, ...] with the rows where ``valid`` is False replaced by ``fill``: a padding row then cannot produce a NaN
-  (e.g. a zero feature under x/‖x‖) that would leak into the valid rows' gradients, and its gradient is exactly 0."""
-  if valid is None:
-    return x
-  return jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, jnp.asarray(fill, x.dtype))
 
 
 def _pair_mask(valid: jax.Array | None) -> jax.Array | None:
@@ -94,8 +67,8 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def _sdm_rows(image_feats, text_feats, pids, logit_scale, epsilon, valid):
   """Row KL terms. Returns (r_i2t [B], r_t2i [B], cos c [B,B] (c_ij = t̂_i·v̂_j), same-id matrix Y [B,B] f32,
   pair mask K [B,B] bool | None). With ``valid``: Y and the softmax run over the valid columns only (K)."""
-  v, t = _f32(image_feats, text_feats)
-  v, t = _pad_rows(v, valid), _pad_rows(t, valid)
+  v, t = as_f32(image_feats, text_feats)
+  v, t = pad_rows(v, valid), pad_rows(t, valid)
   c = _unit(t) @ _unit(v).T
   keep = _pair_mask(valid)
   same = pids[:, None] == pids[None, :]
@@ -124,8 +97,8 @@ def sdm_loss(image_feats, text_feats, pids, logit_scale=50.0, epsilon=1e-8, vali
   valid: i, j, k and the means run over the valid rows only (−inf logits, masked q), = the loss of that sub-batch.
   """
   pids = jnp.asarray(pids)
-  _check_pair("sdm_loss", image_feats, text_feats, pids)
-  valid = _check_valid("sdm_loss", valid, pids.shape[0])
+  check_pair("sdm_loss", image_feats, text_feats, pids)
+  valid = check_valid("sdm_loss", valid, pids.shape[0])
   r_i2t, r_t2i, _, _, _ = _sdm_rows(image_feats, text_feats, pids, logit_scale, epsilon, valid)
   return _masked_mean(r_i2t, valid) + _masked_mean(r_t2i, valid)
 
@@ -141,10 +114,10 @@ def asdm_loss(image_feats, text_feats, pids, logit_scale=50.0, alpha=0.1, gap="c
   valid: as sdm_loss; k (argmax / max), ℓ (first valid same-id index) and the softmax run over the valid columns.
   """
   pids = jnp.asarray(pids)
-  _check_pair("asdm_loss", image_feats, text_feats, pids)
+  check_pair("asdm_loss", image_feats, text_feats, pids)
   if gap not in ("cosine", "prob"):
     raise ValueError(f"asdm_loss: gap must be 'cosine' or 'prob', got {gap!r}")
-  valid = _check_valid("asdm_loss", valid, pids.shape[0])
+  valid = check_valid("asdm_loss", valid, pids.shape[0])
   r_i2t, r_t2i, c, same, keep = _sdm_rows(image_feats, text_feats, pids, logit_scale, epsilon, valid)
   rows = jnp.arange(c.shape[0])
   masked = (lambda z: z) if keep is None else (lambda z: jnp.where(keep, z, -jnp.inf))  # noqa: E731
@@ -171,11 +144,11 @@ def itc_loss(image_feats, text_feats, logit_scale, valid=None):
   L = ½[CE(s·V̂T̂ᵀ, arange B) + CE(s·T̂V̂ᵀ, arange B)]; identity-blind (same-id pairs are negatives).
   valid: padding columns get −inf logits and padding rows leave the means (= the loss of the valid sub-batch).
   """
-  v, t = _f32(image_feats, text_feats)
+  v, t = as_f32(image_feats, text_feats)
   if v.ndim != 2 or v.shape != t.shape:
     raise ValueError(f"itc_loss: image_feats {v.shape} and text_feats {t.shape} must both be [B, D]")
-  valid = _check_valid("itc_loss", valid, v.shape[0])
-  v, t = _pad_rows(v, valid), _pad_rows(t, valid)
+  valid = check_valid("itc_loss", valid, v.shape[0])
+  v, t = pad_rows(v, valid), pad_rows(t, valid)
   logits = logit_scale * (_unit(v) @ _unit(t).T)
   keep = _pair_mask(valid)
   if keep is not None:
@@ -191,12 +164,12 @@ def id_loss(image_logits, text_logits, pids, valid=None):
 
   L = ½[mean_b CE(image_logits_b, y_b) + mean_b CE(text_logits_b, y_b)]; valid: the means over the valid rows.
   """
-  li, lt = _f32(image_logits, text_logits)
+  li, lt = as_f32(image_logits, text_logits)
   pids = jnp.asarray(pids)
   if li.ndim != 2 or li.shape != lt.shape or pids.shape != li.shape[:1]:
     raise ValueError(f"id_loss: logits {li.shape}/{lt.shape} must both be [B, K] and pids {pids.shape} [B]")
-  valid = _check_valid("id_loss", valid, li.shape[0])
-  li, lt = _pad_rows(li, valid, 0.0), _pad_rows(lt, valid, 0.0)
+  valid = check_valid("id_loss", valid, li.shape[0])
+  li, lt = pad_rows(li, valid, 0.0), pad_rows(lt, valid, 0.0)
   if valid is not None:
     pids = jnp.where(valid, pids, 0)
   return 0.5 * (_masked_mean(_cross_entropy(li, pids), valid) + _masked_mean(_cross_entropy(lt, pids), valid))
@@ -328,7 +301,7 @@ def efa_loss(text_tokens, image_patches, margin_t2e=0.1, margin_i2e=0.9, lse_tem
   if arithmetic not in EFA_ARITHMETIC:
     raise ValueError(f"efa_loss: arithmetic must be one of {EFA_ARITHMETIC}, got {arithmetic!r}")
   paper = arithmetic == "paper"
-  t, v = _f32(text_tokens, image_patches)
+  t, v = as_f32(text_tokens, image_patches)
   if t.ndim != 3 or v.ndim != 3 or t.shape[0] != v.shape[0] or t.shape[2] != v.shape[2]:
     raise ValueError(f"efa_loss: text_tokens {t.shape} must be [B, L, D] and image_patches {v.shape} [B, N, D]")
   if text_mask is not None:
@@ -352,167 +325,3 @@ def _row_l2(s: jax.Array, valid: jax.Array | None) -> jax.Array:
   if valid is None:
     return _normalize_eps(s, axis=1)
   return _normalize_eps(jnp.where(valid[None, :], s, 0.0), axis=1)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Ranking losses with semi-hard negative mining (SSAN -> LGUR -> PLOT; commonality margins)
-
-
-def _cosine_eps(a: jax.Array, b: jax.Array) -> jax.Array:
-  """cos with +1e-8 on the norms (SSAN/PLOT). a [B, D], b [B, D] -> [B, B]."""
-  a = a / (jnp.linalg.norm(a, axis=-1, keepdims=True) + 1e-8)
-  b = b / (jnp.linalg.norm(b, axis=-1, keepdims=True) + 1e-8)
-  return a @ b.T
-
-
-def mine_semi_hard_negatives(similarity, pids, key, margin=0.2, valid=None):
-  """Random semi-hard negative per anchor row. similarity [B, B] (row a = anchor a), pids int [B], key, valid bool
-  [B] or None -> (negative index int32 [B], found bool [B]).
-
-  Candidates of anchor a: n with y_n ≠ y_a and 0 < S_an − S_aa + m < m; one is drawn uniformly (argmax of uniform
-  noise over the candidates, noise U = jax.random.uniform(key, [B, B])). found[a] is False when a has no candidate
-  (the index is then meaningless). Works on stop-gradient values.
-
-  valid: only valid anchors find negatives and only valid rows are candidates; the noise of the pair (a, n) is
-  U'[r_a·N + r_n] with U' = jax.random.uniform(key, [B²]), r the rank of a row among the valid rows and N their
-  number. With every row valid that is U itself; with padding rows anywhere it is the noise the unmasked call on the
-  N-row sub-batch uses (JAX's partitionable threefry, the default: element [i, j] of a uniform of shape [N, N] is
-  element i·N + j of one of shape [B²]), so the padded batch draws the sub-batch's negatives sample for sample.
-  """
-  s = jax.lax.stop_gradient(jnp.asarray(similarity).astype(_F32))
-  pids = jnp.asarray(pids)
-  b = s.shape[0]
-  valid = _check_valid("mine_semi_hard_negatives", valid, b)
-  h = s - jnp.diag(s)[:, None] + margin
-  cand = (pids[:, None] != pids[None, :]) & (h > 0) & (h < margin)
-  if valid is None:
-    noise = jax.random.uniform(key, s.shape)
-  else:
-    cand = cand & valid[:, None] & valid[None, :]
-    rank = jnp.cumsum(valid.astype(jnp.int32)) - 1
-    count = jnp.sum(valid.astype(jnp.int32))
-    flat = jnp.clip(rank[:, None] * count + rank[None, :], 0, b * b - 1)
-    noise = jax.random.uniform(key, (b * b,))[flat]
-  neg = jnp.argmax(jnp.where(cand, noise, -1.0), axis=1).astype(jnp.int32)
-  return neg, jnp.any(cand, axis=1)
-
-
-def _directional_ranking(similarity, pids, key, margin, hinge_margins, valid):
-  """Σ_a [m'_a − S_aa + S_{a,n*_a}]_+ over anchors with a semi-hard negative, or the single fallback triplet.
-  valid bool [B] | None: anchors, negatives and the fallback (last valid anchor, lowest-index valid negative) are
-  valid rows."""
-  b = similarity.shape[0]
-  neg, found = mine_semi_hard_negatives(similarity, pids, key, margin, valid=valid)
-  rows = jnp.arange(b)
-  pos_s = jnp.diag(similarity)
-  hinge = jax.nn.relu(hinge_margins - pos_s + similarity[rows, neg])
-  mined = jnp.sum(jnp.where(found, hinge, 0.0))
-  if valid is None:
-    last = b - 1
-    other = pids != pids[last]
-  else:
-    last = b - 1 - jnp.argmax(valid[::-1])  # the last valid anchor
-    other = (pids != pids[last]) & valid
-  fb_neg = jnp.argmax(other)  # lowest-index (valid) negative of the last anchor
-  fb = jax.nn.relu(hinge_margins[last] - pos_s[last] + similarity[last, fb_neg])
-  use_fb = jnp.logical_not(jnp.any(found)) & jnp.any(other)
-  return mined + jnp.where(use_fb, fb, 0.0)
-
-
-def _margins(hinge, b, margin, name):
-  if hinge is None:
-    return jnp.full((b,), margin, _F32)
-  hinge = jnp.asarray(hinge).astype(_F32)
-  if hinge.shape != (b,):
-    raise ValueError(f"{name}: hinge margins {hinge.shape} must be [B] = ({b},)")
-  return hinge
-
-
-def triplet_ranking_loss(image_feats, text_feats, pids, key, margin=0.2, hinge_margins=None, valid=None):
-  """Bidirectional ranking loss with random semi-hard negatives. image_feats, text_feats [B, D] (f32/bf16), pids int
-  [B], key PRNG key, hinge_margins None or (image-anchor [B], text-anchor [B]), valid bool [B] or None -> f32 [].
-
-  S_ab = cos(v_a, t_b) (norms +1e-8); per direction (S for image anchors, Sᵀ for text anchors) each anchor a takes a
-  random semi-hard negative n*_a (mined with ``margin``; positive = its own pair a) and
-  L = Σ_a [m'_a − S_aa + S_{a,n*_a}]_+ summed over both directions (not averaged), m'_a = hinge margin (default m).
-  Anchors without a semi-hard negative are skipped; if no anchor of a direction has one, that direction contributes
-  the single fallback triplet (last anchor, its lowest-index negative); a single-identity batch gives 0.
-  Randomness: image anchors mine with jax.random.split(key)[0], text anchors with [1] (mine_semi_hard_negatives).
-  valid: anchors, positives, negatives and the fallback triplet come from the valid rows only; the draws depend on
-  the valid rows' order only, so a padded batch gives the loss of its valid sub-batch with the same key, sample for
-  sample (mine_semi_hard_negatives).
-  """
-  v, t = _f32(image_feats, text_feats)
-  pids = jnp.asarray(pids)
-  _check_pair("triplet_ranking_loss", v, t, pids)
-  b = v.shape[0]
-  valid = _check_valid("triplet_ranking_loss", valid, b)
-  h_img, h_txt = (None, None) if hinge_margins is None else hinge_margins
-  h_img = _pad_rows(_margins(h_img, b, margin, "triplet_ranking_loss"), valid, 0.0)
-  h_txt = _pad_rows(_margins(h_txt, b, margin, "triplet_ranking_loss"), valid, 0.0)
-  k_img, k_txt = jax.random.split(key)
-  s = _cosine_eps(_pad_rows(v, valid), _pad_rows(t, valid))
-  return (_directional_ranking(s, pids, k_img, margin, h_img, valid)
-          + _directional_ranking(s.T, pids, k_txt, margin, h_txt, valid))
-
-
-def _commonality_scores(parts, logits, pids, commonality, tau, name, valid):
-  """Per-anchor score [B, P] (stop-gradient): classifier probability of y_a, or 1 − frequency of similar others
-  (the others: valid rows only when ``valid``)."""
-  b, p = parts.shape[:2]
-  if commonality == "prob":
-    if logits is None:
-      raise ValueError(f"{name}: commonality='prob' needs image_part_logits and text_part_logits [B, P, K]")
-    logits = jnp.asarray(logits).astype(_F32)
-    if logits.shape[:2] != (b, p):
-      raise ValueError(f"{name}: part logits {logits.shape} must be [B, P, K] with B, P = {b}, {p}")
-    prob = jax.nn.softmax(_pad_rows(logits, valid, 0.0), axis=-1)
-    score = jnp.take_along_axis(prob, jnp.broadcast_to(pids[:, None, None], (b, p, 1)).astype(jnp.int32), -1)[..., 0]
-  elif commonality == "freq":
-    cos = jax.vmap(lambda f: _cosine_eps(f, f), in_axes=1, out_axes=0)(parts)  # [P, B, B]
-    other = pids[:, None] != pids[None, :]
-    other = (other if valid is None else other & valid[None, :]).astype(_F32)
-    count = jnp.sum(other, axis=1)
-    similar = jnp.sum((cos > tau) * other[None], axis=2) / jnp.maximum(count, 1.0)[None]
-    score = (1.0 - similar).T
-  else:
-    raise ValueError(f"{name}: commonality must be 'prob' or 'freq', got {commonality!r}")
-  return jax.lax.stop_gradient(score)
-
-
-def cmr_loss(image_parts, text_parts, pids, key, margin=0.2, floor=0.05, commonality="prob", image_part_logits=None,
-             text_part_logits=None, tau=0.5, valid=None):
-  """Commonality-based margin ranking loss. image_parts, text_parts [B, P, D] (f32/bf16), pids int [B], key;
-  part logits [B, P, K] for commonality="prob"; valid bool [B] or None -> f32 [].
-
-  For each part i: the triplet procedure of triplet_ranking_loss on S^(i)_ab = cos(f_v^{a,i}, f_t^{b,i}), mining with
-  the base margin m, hinge margin m'_{a,i} = max(m·score_{a,i}, floor); score from the image part for image anchors
-  and the text part for text anchors; summed over anchors, directions and parts. score (stop-gradient):
-  "prob" = softmax(part logits)[y_a]; "freq" = 1 − fraction of other-id samples whose same-part intra-modal cosine
-  exceeds tau. The commonality formula is not published; both candidates are inferences. pids must be classifier
-  indices in [0, K) for "prob". Randomness: part i uses jax.random.split(key, P)[i], split again into image/text keys
-  as in triplet_ranking_loss. valid: the triplets of every part as in triplet_ranking_loss (same draws as the valid
-  sub-batch), and the "freq" frequency counts valid others only.
-  """
-  vp, tp = _f32(image_parts, text_parts)
-  pids = jnp.asarray(pids)
-  if vp.ndim != 3 or vp.shape != tp.shape:
-    raise ValueError(f"cmr_loss: image_parts {vp.shape} and text_parts {tp.shape} must both be [B, P, D]")
-  if pids.shape != vp.shape[:1]:
-    raise ValueError(f"cmr_loss: pids {pids.shape} must be [B] with B = {vp.shape[0]}")
-  valid = _check_valid("cmr_loss", valid, vp.shape[0])
-  vp, tp = _pad_rows(vp, valid), _pad_rows(tp, valid)
-  sc_img = _commonality_scores(vp, image_part_logits, pids, commonality, tau, "cmr_loss", valid)
-  sc_txt = _commonality_scores(tp, text_part_logits, pids, commonality, tau, "cmr_loss", valid)
-  m_img = _pad_rows(jnp.maximum(margin * sc_img, floor), valid, 0.0)
-  m_txt = _pad_rows(jnp.maximum(margin * sc_txt, floor), valid, 0.0)
-  keys = jax.random.split(key, vp.shape[1])
-
-  def one_part(v, t, k, mi, mt):
-    k_img, k_txt = jax.random.split(k)
-    s = _cosine_eps(v, t)
-    return (_directional_ranking(s, pids, k_img, margin, mi, valid)
-            + _directional_ranking(s.T, pids, k_txt, margin, mt, valid))
-
-  per_part = jax.vmap(one_part, in_axes=(1, 1, 0, 1, 1))(vp, tp, keys, m_img, m_txt)
-  return jnp.sum(per_part)

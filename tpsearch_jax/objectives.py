@@ -1,8 +1,9 @@
 """The training objective of every method: model outputs + batch + ``LossOptions`` → weighted loss terms.
 
-``compute_losses`` is the only place that wires embeddings to the functions of ``tpsearch_jax.losses``; the model
-(``tpsearch_jax.models.retrieval``) only produces outputs. A term whose weight is 0 is not computed, and the heads
-that only it needs are not built (``required_heads``), which the analytic FLOP count reads as well.
+``compute_losses`` is the only place that wires embeddings to the functions of ``tpsearch_jax.losses`` and
+``ranking_losses``; the model (``tpsearch_jax.models.retrieval``) only produces outputs. A term whose weight is 0 is
+not computed, and the heads that only it needs are not built (``required_heads``), which the analytic FLOP count reads
+as well.
 
 Wiring:
   sdm / asdm / itc  global embeddings.
@@ -14,7 +15,7 @@ Wiring:
   efa               all L text tokens of ``caption_ids`` vs the image patch tokens (CLS dropped).
   triplet           summed over the global embedding (when ``global_loss == "triplet"``) and each coarse embedding
                     (averaged over them with ``ranking_reduction="mean"``); mining ``ranking_mining``
-                    (``part_losses``).
+                    (``ranking_losses``).
   cmr               the P part embeddings; the "prob" commonality gets the shared classifier's part logits.
 """
 
@@ -26,7 +27,7 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from tpsearch_jax import losses, masked_mlm, part_losses
+from tpsearch_jax import losses, masked_mlm, ranking_losses
 
 LOSS_NAMES = ("sdm", "asdm", "itc", "id", "mlm", "efa", "triplet", "cmr")
 # Terms exact on a batch padded with a "valid" row mask (each equals its value on the valid rows alone): mlm (the
@@ -65,7 +66,7 @@ class LossOptions:
   cmr_commonality: str = "prob"
   cmr_tau: float = 0.5
   global_loss: str = "triplet"  # "sdm": the global embedding leaves the triplet term (trained by sdm/asdm/itc)
-  # triplet and cmr (part_losses): "semi_hard" (lineage: one random semi-hard negative) | "batch_all" | "batch_hard"
+  # triplet and cmr (ranking_losses): "semi_hard" (lineage: one random semi-hard negative) | "batch_all" | "batch_hard"
   # (every positive of the identity); "sum" (lineage) over anchors, directions and pieces | "mean" over them
   ranking_mining: str = "semi_hard"
   ranking_reduction: str = "sum"
@@ -103,7 +104,7 @@ def check_loss_options(loss: LossOptions, use_parts: bool) -> None:
     raise ValueError(f"config.loss: every loss weight is 0 ({weights})")
   if loss.efa_arithmetic not in losses.EFA_ARITHMETIC:
     raise ValueError(f"config.loss.efa_arithmetic must be one of {losses.EFA_ARITHMETIC}, got {loss.efa_arithmetic!r}")
-  part_losses.check_ranking_options(loss.ranking_mining, loss.ranking_reduction)
+  ranking_losses.check_ranking_options(loss.ranking_mining, loss.ranking_reduction)
   if loss.id_pieces not in ("all", "global"):
     raise ValueError(f"config.loss.id_pieces must be 'all' or 'global', got {loss.id_pieces!r}")
   if loss.global_loss not in ("triplet", "sdm"):
@@ -207,13 +208,13 @@ def compute_losses(outputs: Mapping, batch: Mapping[str, jax.Array], loss: LossO
     ranked_v, ranked_t = _ranked_embeddings(img, txt, loss)
     keys = jax.random.split(tri_key, ranked_v.shape[1])
     per_embedding = jax.vmap(
-        lambda v, t, k: part_losses.ranking_loss(v, t, pids, k, margin=loss.triplet_margin,
+        lambda v, t, k: ranking_losses.ranking_loss(v, t, pids, k, margin=loss.triplet_margin,
                                                  mining=loss.ranking_mining, reduction=loss.ranking_reduction,
                                                  valid=valid),
         in_axes=(1, 1, 0))(ranked_v, ranked_t, keys)
     terms["triplet"] = jnp.mean(per_embedding) if loss.ranking_reduction == "mean" else jnp.sum(per_embedding)
   if loss.cmr:
-    terms["cmr"] = part_losses.cmr_ranking_loss(
+    terms["cmr"] = ranking_losses.cmr_ranking_loss(
         _f32(img["part"]), _f32(txt["part"]), pids, cmr_key, margin=loss.cmr_margin, floor=loss.cmr_floor,
         commonality=loss.cmr_commonality, image_part_logits=part_logits[0], text_part_logits=part_logits[1],
         tau=loss.cmr_tau, mining=loss.ranking_mining, reduction=loss.ranking_reduction, valid=valid)

@@ -1,4 +1,4 @@
-"""part_losses: batch-all / batch-hard ranking and CMR over every positive of the identity, sum or mean reduction,
+"""ranking_losses: batch-all / batch-hard ranking and CMR over every positive of the identity, sum or mean reduction,
 against the float64 loops of numpy_reference; semi_hard + sum is the lineage loss unchanged."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import numpy_reference as ref
-from tpsearch_jax import losses, objectives, part_losses
+from tpsearch_jax import objectives, ranking_losses
 
-RANK = jax.jit(part_losses.ranking_loss, static_argnames=("mining", "reduction"))
-CMR = jax.jit(part_losses.cmr_ranking_loss, static_argnames=("commonality", "mining", "reduction"))
+RANK = jax.jit(ranking_losses.ranking_loss, static_argnames=("mining", "reduction"))
+CMR = jax.jit(ranking_losses.cmr_ranking_loss, static_argnames=("commonality", "mining", "reduction"))
 
 
 def _pair(b=8, d=6, seed=0):
@@ -42,7 +42,7 @@ def test_ranking_padding_rows_are_the_valid_sub_batch(mining):
   got = RANK(v, t, y, None, 0.2, mining=mining, reduction="mean", valid=valid)
   np.testing.assert_allclose(float(got), ref.ranking_all_or_hard(v, t, y, 0.2, mining, valid=valid) / (2 * 6),
                              rtol=1e-5, atol=1e-6)
-  grads = jax.grad(lambda a, b: part_losses.ranking_loss(a, b, y, None, 0.2, mining, "sum", valid=valid),
+  grads = jax.grad(lambda a, b: ranking_losses.ranking_loss(a, b, y, None, 0.2, mining, "sum", valid=valid),
                    argnums=(0, 1))(v, t)
   for g in grads:
     assert np.all(np.isfinite(g)) and not np.any(g[~valid])
@@ -51,7 +51,7 @@ def test_ranking_padding_rows_are_the_valid_sub_batch(mining):
 def test_semi_hard_is_the_lineage_loss_and_mean_divides_by_anchors():
   v, t, y = _pair()
   key = jax.random.key(5)
-  lineage = float(losses.triplet_ranking_loss(v, t, y, key, margin=0.2))
+  lineage = float(ranking_losses.triplet_ranking_loss(v, t, y, key, margin=0.2))
   assert float(RANK(v, t, y, key, 0.2, mining="semi_hard", reduction="sum")) == lineage
   np.testing.assert_allclose(float(RANK(v, t, y, key, 0.2, mining="semi_hard", reduction="mean")), lineage / 16,
                              rtol=1e-6)
@@ -61,7 +61,7 @@ def test_single_identity_batch_gives_zero_with_finite_gradient():
   v, t, _ = _pair()
   y = np.zeros(8, np.int32)
   for mining in ("batch_all", "batch_hard"):
-    loss, g = jax.value_and_grad(lambda a: part_losses.ranking_loss(a, t, y, None, 0.2, mining))(v)
+    loss, g = jax.value_and_grad(lambda a: ranking_losses.ranking_loss(a, t, y, None, 0.2, mining))(v)
     assert float(loss) == 0.0 and np.all(np.isfinite(g))
 
 
@@ -87,9 +87,9 @@ def test_cmr_matches_reference(mining, commonality):
 def test_unknown_mining_or_reduction_names_the_field():
   v, t, y = _pair()
   with pytest.raises(ValueError, match="config.loss.ranking_mining must be one of"):
-    part_losses.ranking_loss(v, t, y, None, mining="hardest")
+    ranking_losses.ranking_loss(v, t, y, None, mining="hardest")
   with pytest.raises(ValueError, match="config.loss.ranking_reduction must be one of"):
-    part_losses.cmr_ranking_loss(v[:, None], t[:, None], y, None, commonality="freq", reduction="avg")
+    ranking_losses.cmr_ranking_loss(v[:, None], t[:, None], y, None, commonality="freq", reduction="avg")
 
 
 def test_objective_wiring_of_mining_and_reduction():
