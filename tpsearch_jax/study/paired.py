@@ -126,3 +126,35 @@ def binding_table(found: Mapping[str, Sequence[Mapping]]) -> list[str]:
         f"({mean(lambda x: np.mean(x['part_attention']['chance'])):.3f}) | "
         f"{mean(lambda x: x['coarse_cosine']['image']):.3f} / {mean(lambda x: x['coarse_cosine']['text']):.3f} |")
   return lines if len(lines) > 2 else []
+
+
+def plot_columns(found: Mapping[str, Sequence[Mapping]], path: str,
+                 labels: Sequence[str] = ("held-out R1", "held-out hard R1")) -> str | None:
+  """Horizontal bars: per method the mean ± s.e. over seeds of the ``labels`` columns → the PNG's path (None: no
+  data)."""
+  import matplotlib  # the plotting backend, only where a figure is drawn
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  columns = [(label, value) for label, value in COLUMNS if label in labels]
+  methods = [m for m, runs in found.items() if any(by_seed(runs, v) for _, v in columns)]
+  if not methods:
+    return None
+  fig, axes = plt.subplots(1, len(columns), figsize=(5 * len(columns), 0.35 * len(methods) + 1.2), sharey=True)
+  for ax, (label, value) in zip(np.atleast_1d(axes), columns):
+    stats = [list(by_seed(found[m], value).values()) for m in methods]
+    means = [np.mean(v) if v else np.nan for v in stats]
+    errs = [np.std(v, ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0 for v in stats]
+    y = np.arange(len(methods))
+    ax.barh(y, means, xerr=errs, color="tab:blue", alpha=0.7, capsize=2)
+    ax.set_yticks(y, [f"{m} ({len(v)})" for m, v in zip(methods, stats)], fontsize=8)
+    finite = [m for m in means if np.isfinite(m)]
+    ax.set_xlim(min(finite) - 10, max(finite) + 5)
+    ax.set_xlabel(f"{label} (%), mean ± s.e. over seeds")
+    ax.grid(axis="x", alpha=0.3)
+  np.atleast_1d(axes)[0].invert_yaxis()  # the first method on top (the axes share y: invert once)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

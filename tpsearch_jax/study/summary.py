@@ -19,11 +19,12 @@ from tpsearch_jax.evaluate import METRIC_KEYS, RESULTS_FILE
 from tpsearch_jax.study import paired
 from tpsearch_jax.study.runner import RUN_FILE, run_dir
 
-SUMMARY_MD, SUMMARY_JSON, CURVES_PNG = "summary.md", "summary.json", "val_r1.png"
+SUMMARY_MD, SUMMARY_JSON, CURVES_PNG, BARS_PNG = "summary.md", "summary.json", "val_r1.png", "heldout_r1.png"
 
 
 def eval_curve(workdir: str, split: str = "val", metric: str = "R1") -> list[tuple[int, float]]:
   """[(step, value)] of the ``eval/<split>/<metric>`` scalars in the work directory's event files, by step."""
+  # tensorboard's reader loads TensorFlow's protos: imported only when curves are read
   from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
   from tensorboard.util import tensor_util
 
@@ -87,9 +88,9 @@ def plot_curves(found: dict, path: str, steps_per_epoch: int | None = None,
                 dashed: Sequence[str] = ()) -> str | None:
   """Validation R1 over training per method (mean over seeds, band = min..max; ``dashed``: methods drawn dashed, e.g.
   the ablations) → the PNG's path (None: no data)."""
-  import matplotlib
+  import matplotlib  # an optional heavy dependency: only the plot needs it
 
-  matplotlib.use("Agg")
+  matplotlib.use("Agg")  # before pyplot: no display
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(8, 5))
@@ -145,6 +146,8 @@ def summarize(study, out: str) -> str:
     f.write(text)
   with open(os.path.join(out, SUMMARY_JSON), "w") as f:
     json.dump(found, f, indent=1)
+  if study.get("reference"):
+    paired.plot_columns(found, os.path.join(out, BARS_PNG))
   plot_curves(found, os.path.join(out, CURVES_PNG), int(study.get("steps_per_epoch", 0)) or None,
               dashed=[name for name, _, _ in study.get("variants", ())])
   return text
