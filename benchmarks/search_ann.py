@@ -10,7 +10,7 @@ gallery ever being held twice.
 
     nice -n 10 python benchmarks/search_ann.py --workdir=RUN --rows=1000000,5000000 --out=/tmp/search_ann.json
 
-Exact: ``tpsearch_jax.search.index`` (sharded brute-force top-k, bfloat16 as the benchmark section measures it, and
+Exact: ``tpsearch_jax.search.topk`` (sharded brute-force top-k, bfloat16 as the benchmark section measures it, and
 float32 as ``search`` builds it from an index folder, at 1M). FAISS: ``ann.build`` (IVF-Flat by default) at several
 ``nprobe`` values, and HNSW32 at 1M. Queries are answered in batches of ``--query_batch``.
 """
@@ -30,8 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tpsearch_jax.data import annotations
-from tpsearch_jax.search import ann, encoding
-from tpsearch_jax.search import index as search_index
+from tpsearch_jax.search import ann, encoding, topk
 from tpsearch_jax.training import runs
 
 CHUNK = 250_000
@@ -105,7 +104,7 @@ def exact_rows(base, rows, queries, args, dtype) -> dict:
   for start in range(0, rows, CHUNK):
     data[start:start + CHUNK] = chunk(base, rows, start, args.noise, args.seed).astype(dtype)
   t0 = time.perf_counter()
-  index = search_index.build_index(data, np.arange(rows, dtype=np.int32), dtype=dtype, normalize=False)
+  index = topk.shard_vectors(data, np.arange(rows, dtype=np.int32), dtype=dtype, normalize=False)
   jax.block_until_ready(index.embeddings)
   build = time.perf_counter() - t0
   del data
@@ -113,7 +112,7 @@ def exact_rows(base, rows, queries, args, dtype) -> dict:
 
   def fn(q):
     q = np.concatenate([q, np.ones((qb - len(q), q.shape[1]), q.dtype)]) if len(q) < qb else q
-    return search_index.search(index, jnp.asarray(q), 10)
+    return topk.search(index, jnp.asarray(q), 10)
 
   qps, found = timed_queries(fn, queries, qb)
   del index

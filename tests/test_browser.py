@@ -24,7 +24,7 @@ import urllib.request
 import pytest
 
 import search_fixtures
-from tpsearch_jax.search import library
+from tpsearch_jax.search import indexing
 from tpsearch_jax.search.searcher import Searcher
 from tpsearch_jax.search.server import SearchServer
 
@@ -195,7 +195,7 @@ def clip_url(tmp_path_factory):
   run = search_fixtures.trained_run(tmp_path_factory)
   workdir = search_fixtures.untrained_clip_run(str(tmp_path_factory.mktemp("clip_run")))
   index = str(tmp_path_factory.mktemp("clip_index") / "index")
-  library.build(workdir, run["imgs"], index, batch_size=32)
+  indexing.build(workdir, run["imgs"], index, batch_size=32)
   server = SearchServer(Searcher(index, warm=False), port=0)
   threading.Thread(target=server.serve_forever, daemon=True).start()
   yield server.url

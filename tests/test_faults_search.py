@@ -22,12 +22,15 @@ from absl import flags
 from PIL import Image
 from test_search import tiny_config
 
-from tpsearch_jax import search, user_errors
+from tpsearch_jax import user_errors
 from tpsearch_jax.models import build_model
 from tpsearch_jax.models.clip import convert as convert_cli
 from tpsearch_jax.models.clip.layouts import CheckpointError
 from tpsearch_jax.models.clip.params_io import save_params
-from tpsearch_jax.search import cli, encoding, library
+from tpsearch_jax.search import cli, encoding, index_files, indexing
+from tpsearch_jax.search.index_files import BadIndex
+from tpsearch_jax.search.fingerprint import FingerprintMismatch
+from tpsearch_jax.search.searcher import Searcher, query
 from tpsearch_jax.search import server as search_server
 from tpsearch_jax.search.server import SearchServer
 from tpsearch_jax import sharding as shd
@@ -74,9 +77,9 @@ def built(tmp_path_factory, states):
   names = ["cam0/000.png", "cam0/001.jpg", "cam1/002.png", "cam1/003.png", "cam1/004.jpg"]
   write_images(gallery, names)
   index = base / "index"
-  meta = search.build(str(run), str(gallery), str(index), batch_size=8)
+  meta = indexing.build(str(run), str(gallery), str(index), batch_size=8)
   return {"base": base, "meta": meta, "gallery": str(gallery), "names": names,
-          "results": search.query(str(index), QUERY, k=5)}
+          "results": query(str(index), QUERY, k=5)}
 
 
 @pytest.fixture
@@ -110,26 +113,26 @@ def test_index_records_fingerprint_and_checksums(built):
 
 def test_query_loads_the_recorded_checkpoint_not_the_newest(copy, states):
   run, index = copy
-  want = search.query(str(index), QUERY, k=5)
+  want = query(str(index), QUERY, k=5)
   # Same config, same step, other weights in best/ (auto prefers best/): yesterday's query silently used them.
   save(run, states[11], 7, checkpointing.BEST)
   save(run, states[11], 9)  # and the run trained further
-  s = search.Searcher(str(index), warm=False)
+  s = Searcher(str(index), warm=False)
   assert (s.run.step, os.path.relpath(s.run.checkpoint, run)) == (7, os.path.join("checkpoints", "7"))
-  assert search.query(str(index), QUERY, k=5) == want
+  assert query(str(index), QUERY, k=5) == want
 
 
 def test_moved_run_is_found_with_workdir(copy):
   run, index = copy
-  want = search.query(str(index), QUERY, k=5)
+  want = query(str(index), QUERY, k=5)
   moved = run.with_name("moved_run")
   os.rename(run, moved)
-  with pytest.raises(search.FingerprintMismatch, match="if it moved, pass --workdir") as e:
-    search.query(str(index), QUERY, k=5)
+  with pytest.raises(FingerprintMismatch, match="if it moved, pass --workdir") as e:
+    query(str(index), QUERY, k=5)
   one_line(e)
-  assert search.query(str(index), QUERY, k=5, workdir=str(moved)) == want
-  with pytest.raises(search.FingerprintMismatch, match=r"--workdir=\S+ has no config.json"):
-    search.query(str(index), QUERY, k=5, workdir=str(moved / "checkpoints"))
+  assert query(str(index), QUERY, k=5, workdir=str(moved)) == want
+  with pytest.raises(FingerprintMismatch, match=r"--workdir=\S+ has no config.json"):
+    query(str(index), QUERY, k=5, workdir=str(moved / "checkpoints"))
 
 
 def test_cli_query_uses_workdir_of_a_moved_run(copy, capsys):
@@ -159,7 +162,7 @@ def rewrite_index(index, embeddings=None, **fingerprint):
   if embeddings is not None:
     np.save(index / "embeddings.npy", embeddings)
   meta["fingerprint"].update(fingerprint)
-  meta["sha256"] = {n: library.file_sha256(str(index / n)) for n in meta["sha256"]}
+  meta["sha256"] = {n: index_files.file_sha256(str(index / n)) for n in meta["sha256"]}
   (index / "index.json").write_text(json.dumps(meta))
 
 
@@ -223,8 +226,8 @@ def test_mismatch_is_refused_in_one_line_saying_how_to_fix(copy, states, case):
   damage, message = REFUSALS[case]
   damage(run, index, states)
   with pytest.raises(user_errors.UserError, match=message) as e:
-    search.Searcher(str(index), warm=False)
-  assert isinstance(e.value, (search.FingerprintMismatch, search.BadIndex)) and isinstance(e.value, ValueError)
+    Searcher(str(index), warm=False)
+  assert isinstance(e.value, (FingerprintMismatch, BadIndex)) and isinstance(e.value, ValueError)
   one_line(e)
 
 
@@ -232,11 +235,11 @@ def test_index_over_an_older_or_damaged_index_rebuilds_it(copy, built):
   run, index = copy
   format_2(index, None)
   (index / "paths.txt").write_text("stale\n")
-  meta = search.build(str(run), built["gallery"], str(index), batch_size=8)
+  meta = indexing.build(str(run), built["gallery"], str(index), batch_size=8)
   assert meta["num_encoded"] == len(built["names"]) and not (index / "paths.txt").exists()
   flip_a_byte(index, None)
-  assert search.build(str(run), built["gallery"], str(index), batch_size=8)["num_encoded"] == len(built["names"])
-  assert search.build(str(run), built["gallery"], str(index), batch_size=8)["num_encoded"] == 0
+  assert indexing.build(str(run), built["gallery"], str(index), batch_size=8)["num_encoded"] == len(built["names"])
+  assert indexing.build(str(run), built["gallery"], str(index), batch_size=8)["num_encoded"] == 0
 
 
 # ------------------------------------------------------------------------------------ 2: any file name round-trips
@@ -247,11 +250,11 @@ def test_file_name_with_a_newline_round_trips(built, tmp_path):
   names = ["cam0/000.png", "cam1/new\nline.png", "cam1/tab\tand ünïcode.png", "cam1/z.png"]
   write_images(gallery, names)
   workdir = built["meta"]["workdir"]
-  assert search.build(workdir, str(gallery), index, batch_size=8)["num_images"] == 4
-  paths = search.read_index(index)["paths"]
+  assert indexing.build(workdir, str(gallery), index, batch_size=8)["num_images"] == 4
+  paths = index_files.read_index(index)["paths"]
   assert paths == sorted(str(gallery / n) for n in names) and str(gallery / "cam1/new\nline.png") in paths
-  assert sorted(p for p, _ in search.query(index, QUERY, k=4)[0]) == paths  # every image, the newline one too
-  again = search.build(workdir, str(gallery), index, batch_size=8)
+  assert sorted(p for p, _ in query(index, QUERY, k=4)[0]) == paths  # every image, the newline one too
+  again = indexing.build(workdir, str(gallery), index, batch_size=8)
   assert again["num_encoded"] == 0 and again["num_images"] == 4
 
 
@@ -270,7 +273,7 @@ def no_model(monkeypatch):
     (["a man"], -2, "k must be")])
 def test_empty_query_or_bad_k_is_refused_before_the_model_loads(built, no_model, sentences, k, message):
   with pytest.raises(user_errors.UserError, match=message) as e:
-    search.query(str(built["base"] / "index"), sentences, k=k)
+    query(str(built["base"] / "index"), sentences, k=k)
   one_line(e)
 
 
@@ -288,7 +291,7 @@ def test_cli_refuses_empty_text_and_bad_k_in_one_line(built, no_model, capsys, a
 
 
 def test_server_answers_400_to_a_blank_query(built):
-  server = SearchServer(search.Searcher(str(built["base"] / "index"), warm=False), port=0)
+  server = SearchServer(Searcher(str(built["base"] / "index"), warm=False), port=0)
   thread = threading.Thread(target=server.serve_forever, daemon=True)
   thread.start()
   try:
@@ -395,7 +398,7 @@ def test_index_lists_every_bad_file_before_encoding_anything(built, tmp_path, mo
     raise AssertionError("an image was encoded before every file was checked")
   monkeypatch.setattr(encoding, "image_encoder", refuse)
   with pytest.raises(encoding.BadImages) as e:
-    search.build(str(built["base"] / "run"), str(gallery), str(tmp_path / "index"), batch_size=8)
+    indexing.build(str(built["base"] / "run"), str(gallery), str(tmp_path / "index"), batch_size=8)
   text = str(e.value)
   assert text.startswith(f"3 of {len(built['names']) + 3} image files cannot be read")
   listed = [line.strip().split(": ", 1) for line in text.splitlines() if line.startswith("  ")]

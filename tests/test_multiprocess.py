@@ -14,7 +14,7 @@ One chain of runs on a tiny synthetic_pedes model (3 epochs × 7 steps, evaluati
   E   2 processes, process 1 raises before the first collective: both must exit, not wait for each other
   S   2 processes with a short stall timeout and a long heartbeat timeout; process 1 is stopped (SIGSTOP) after its
       first checkpoint: process 0's watchdog writes its stacks and exits with the stalled status and one line
-plus --mode=eval and the search loader on A's 2-process checkpoints in this process.
+plus --mode=eval and the run loader (``runs.load_run``) on A's 2-process checkpoints in this process.
 Every subprocess has a hard timeout and runs in its own process group, killed on failure with its log's tail.
 """
 
@@ -41,7 +41,6 @@ import pytest
 from tpsearch_jax import evaluate, user_errors
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.data import synthetic
-from tpsearch_jax.search import library
 from tpsearch_jax.training import eval_only, runs, trainer
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs", "synthetic.py")
@@ -442,11 +441,11 @@ def test_two_process_checkpoints_restore_in_one_process(chain, tmp_path):
     for k in evaluate.METRIC_KEYS + ("num_queries", "num_gallery", "step"):
       assert rows[split][k] == pytest.approx(reported[split][k], abs=METRIC_ATOL), (split, k)
 
-  # The search loader (training.runs.load_run behind it) restores the 2-process params on this mesh.
+  # The run loader of search and --mode=eval restores the 2-process params on this mesh.
   shutil.copy(os.path.join(a.workdir, "config.json"), copy)  # the run's resolved config, as training leaves it
-  _, _, mesh, params, folder = library.load_run(copy, "last")
-  assert folder.endswith(f"checkpoints/{LAST}") and mesh.size == 8
-  _assert_same_params(jax.device_get(params), ref, "search.load_run of the 2-process run")
+  loaded = runs.load_run(copy, "last")
+  assert loaded.checkpoint.endswith(f"checkpoints/{LAST}") and loaded.mesh.size == 8
+  _assert_same_params(jax.device_get(loaded.params), ref, "runs.load_run of the 2-process run")
 
 
 def test_fsdp_two_processes_resume_from_one_process_checkpoint(chain):

@@ -15,8 +15,10 @@ from absl import flags
 from PIL import Image
 
 import search_fixtures
-from tpsearch_jax import search
-from tpsearch_jax.search import cli, grid
+from tpsearch_jax.search import cli, encoding, grid, image_files, index_files, indexing
+from tpsearch_jax.training import runs
+from tpsearch_jax.search.fingerprint import FingerprintMismatch
+from tpsearch_jax.search.searcher import Searcher, query
 from tpsearch_jax.training import checkpointing
 from tpsearch_jax import batch as batch_lib
 from tpsearch_jax.training import state as state_lib
@@ -76,7 +78,7 @@ def test_load_image_matches_numpy_normalisation(tmp_path):
   path = str(tmp_path / "x.png")
   pixels = np.random.default_rng(1).integers(0, 256, (32, 16, 3), dtype=np.uint8)
   Image.fromarray(pixels).save(path)
-  got = search.load_image(path, (32, 16))  # same size: no resampling, pure normalisation
+  got = encoding.load_image(path, (32, 16))  # same size: no resampling, pure normalisation
   want = (pixels / 255.0 - np.array([0.48145466, 0.4578275, 0.40821073])) / np.array(
       [0.26862954, 0.26130258, 0.27577711])
   np.testing.assert_allclose(got, want, atol=1e-5)
@@ -87,19 +89,19 @@ def test_index_then_query_matches_bruteforce(run_dir, tmp_path):
   workdir, config, model, params, _ = run_dir
   paths = write_gallery(str(tmp_path / "gallery"), 11)
   index_dir = str(tmp_path / "index")
-  meta = search.build(workdir, str(tmp_path / "gallery"), index_dir, batch_size=4)
+  meta = indexing.build(workdir, str(tmp_path / "gallery"), index_dir, batch_size=4)
   assert meta["num_images"] == 11 and meta["num_skipped"] == 0 and meta["checkpoint"].endswith("checkpoints/7")
-  with open(os.path.join(index_dir, search.INDEX_PATHS)) as f:
+  with open(os.path.join(index_dir, index_files.INDEX_PATHS)) as f:
     assert json.load(f) == paths
 
   # Independent reference: the model applied directly on one device, cosine ranking by numpy.
-  images = np.stack([search.load_image(p, (32, 16)) for p in paths])
+  images = np.stack([encoding.load_image(p, (32, 16)) for p in paths])
   gallery = np.asarray(model.apply({"params": params}, images, method="encode_images"), np.float64)
   ids = tokenize(SENTENCES, context_length=16)
   queries = np.asarray(model.apply({"params": params}, ids, method="encode_texts"), np.float64)
   sims = queries @ gallery.T
 
-  results = search.query(index_dir, SENTENCES, k=5)
+  results = query(index_dir, SENTENCES, k=5)
   for row, hits in zip(sims, results):
     order = np.argsort(-row)[:5]
     assert [p for p, _ in hits] == [paths[i] for i in order]
@@ -114,20 +116,20 @@ def test_corrupt_image_is_named_or_skipped(run_dir, tmp_path):
   bad = gallery / "cam0" / "broken.jpg"
   bad.write_bytes(b"not a jpeg at all")
   with pytest.raises(ValueError, match="broken.jpg"):
-    search.build(workdir, str(gallery), str(tmp_path / "index_strict"), batch_size=8)
-  meta = search.build(workdir, str(gallery), str(tmp_path / "index"), batch_size=8, skip_bad=True)
+    indexing.build(workdir, str(gallery), str(tmp_path / "index_strict"), batch_size=8)
+  meta = indexing.build(workdir, str(gallery), str(tmp_path / "index"), batch_size=8, skip_bad=True)
   assert meta["num_images"] == 3 and meta["num_skipped"] == 1
-  with open(tmp_path / "index" / search.INDEX_META) as f:
+  with open(tmp_path / "index" / index_files.INDEX_META) as f:
     assert json.load(f)["num_skipped"] == 1
 
 
 def test_missing_inputs_say_what_is_missing(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
-    search.load_run(str(tmp_path))
+    runs.load_run(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="no image files"):
-    search.find_images(str(tmp_path))
+    image_files.find_images(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="build the index first"):
-    search.query(str(tmp_path), ["x"])
+    query(str(tmp_path), ["x"])
 
 
 # ---------------------------------------------------------------- incremental index, fingerprint, explanations, grid
@@ -138,31 +140,31 @@ def test_reindexing_encodes_only_new_or_changed_files(run_dir, tmp_path):
   gallery = tmp_path / "gallery"
   write_gallery(str(gallery), 6)
   index_dir = str(tmp_path / "index")
-  first = search.build(workdir, str(gallery), index_dir, batch_size=4)
-  before = search.read_index(index_dir)
+  first = indexing.build(workdir, str(gallery), index_dir, batch_size=4)
+  before = index_files.read_index(index_dir)
   assert first["num_encoded"] == 6 and first["fingerprint"] == {"config_sha256": first["fingerprint"]["config_sha256"],
                                                                  "checkpoint": "checkpoints/7", "step": 7, "dim": 16}
   rng = np.random.default_rng(5)
   for name in ("new_a.png", "new_b.png"):
     Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(gallery / "cam1" / name)
-  second = search.build(workdir, str(gallery), index_dir, batch_size=4)
+  second = indexing.build(workdir, str(gallery), index_dir, batch_size=4)
   assert second["num_encoded"] == 2 and second["num_images"] == 8
-  after = search.read_index(index_dir)
+  after = index_files.read_index(index_dir)
   for i, p in enumerate(before["paths"]):  # old rows reused bit for bit
     np.testing.assert_array_equal(after["embeddings"][after["paths"].index(p)], before["embeddings"][i])
   changed = before["paths"][0]
   Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(changed)
   os.remove(gallery / "cam1" / "new_a.png")
-  third = search.build(workdir, str(gallery), index_dir, batch_size=4)
+  third = indexing.build(workdir, str(gallery), index_dir, batch_size=4)
   assert third["num_encoded"] == 1 and third["num_images"] == 7
-  assert not any(p.endswith("new_a.png") for p in search.read_index(index_dir)["paths"])
+  assert not any(p.endswith("new_a.png") for p in index_files.read_index(index_dir)["paths"])
 
 
 def test_index_of_another_run_is_refused(run_dir, tmp_path):
   workdir = run_dir[0]
   write_gallery(str(tmp_path / "gallery"), 3)
   index_dir = str(tmp_path / "index")
-  search.build(workdir, str(tmp_path / "gallery"), index_dir, batch_size=8)
+  indexing.build(workdir, str(tmp_path / "gallery"), index_dir, batch_size=8)
   other = str(tmp_path / "other_run")
   shutil.copytree(workdir, other)
   with open(os.path.join(other, "config.json")) as f:
@@ -170,15 +172,15 @@ def test_index_of_another_run_is_refused(run_dir, tmp_path):
   config["train"]["log_every_steps"] = 123  # another config: another hash
   with open(os.path.join(other, "config.json"), "w") as f:
     json.dump(config, f)
-  with pytest.raises(search.FingerprintMismatch, match=r"built with config [0-9a-f]{16}.*rebuild the index: python -m"):
-    search.Searcher(index_dir, workdir=other, warm=False)
+  with pytest.raises(FingerprintMismatch, match=r"built with config [0-9a-f]{16}.*rebuild the index: python -m"):
+    Searcher(index_dir, workdir=other, warm=False)
   # The same run trained further (a later checkpoint): the index still loads the step it pins.
   state = run_dir[4]
   ckpt = checkpointing.Checkpointer(workdir, async_save=False)
   ckpt.save(9, state, {"step": 9})
   ckpt.close()
   try:
-    assert search.Searcher(index_dir, warm=False).run.step == 7
+    assert Searcher(index_dir, warm=False).run.step == 7
   finally:
     shutil.rmtree(os.path.join(workdir, "checkpoints", "9"))
 
@@ -187,9 +189,9 @@ def test_unreadable_files_are_listed(run_dir, tmp_path):
   gallery = tmp_path / "gallery"
   write_gallery(str(gallery), 2)
   (gallery / "cam1" / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-  meta = search.build(run_dir[0], str(gallery), str(tmp_path / "index"), batch_size=8, skip_bad=True)
+  meta = indexing.build(run_dir[0], str(gallery), str(tmp_path / "index"), batch_size=8, skip_bad=True)
   assert [os.path.basename(p) for p, _ in meta["skipped"]] == ["truncated.png"]
-  listed = json.loads((tmp_path / "index" / search.INDEX_SKIPPED).read_text())
+  listed = json.loads((tmp_path / "index" / index_files.INDEX_SKIPPED).read_text())
   assert len(listed) == 1 and listed[0][0] == str(gallery / "cam1" / "truncated.png")
 
 
@@ -200,12 +202,12 @@ def test_part_model_scores_split_exactly_into_pieces(tmp_path_factory, tmp_path)
     os.makedirs(tmp_path / "gallery" / os.path.dirname(r["file_path"]), exist_ok=True)
     shutil.copy(os.path.join(run["imgs"], r["file_path"]), tmp_path / "gallery" / r["file_path"])
   index_dir = str(tmp_path / "index")
-  search.build(run["workdir"], str(tmp_path / "gallery"), index_dir, batch_size=16)  # the server tests' shape
-  searcher = search.Searcher(index_dir, warm=False)
+  indexing.build(run["workdir"], str(tmp_path / "gallery"), index_dir, batch_size=16)  # the server tests' shape
+  searcher = Searcher(index_dir, warm=False)
   caption = run["records"][0]["captions"][0]
   hits = searcher.search([caption], k=4)[0]
   model, params = searcher.run.model, jax.device_get(searcher.run.params)
-  images = np.stack([search.load_image(h.path, (48, 16)) for h in hits])
+  images = np.stack([encoding.load_image(h.path, (48, 16)) for h in hits])
   embed = jax.jit(lambda p, x, ids: (model.apply({"params": p}, x, method="image_embeddings"),
                                      model.apply({"params": p}, ids, method="text_embeddings")))
   img, txt = embed(params, images, tokenize([caption], context_length=32))
@@ -225,7 +227,7 @@ def test_part_model_scores_split_exactly_into_pieces(tmp_path_factory, tmp_path)
 def test_cli_query_batch_grid_and_explain(run_dir, tmp_path, capsys):
   write_gallery(str(tmp_path / "gallery"), 5)
   index_dir = str(tmp_path / "index")
-  search.build(run_dir[0], str(tmp_path / "gallery"), index_dir, batch_size=8)
+  indexing.build(run_dir[0], str(tmp_path / "gallery"), index_dir, batch_size=8)
   queries = tmp_path / "queries.txt"
   queries.write_text("\n".join(SENTENCES) + "\n\n")
   out = str(tmp_path / "grid.png")

@@ -23,7 +23,8 @@ from PIL import Image
 import search_fixtures
 from tpsearch_jax.data.synthetic import attributes as synthetic_attributes
 from tpsearch_jax.data.synthetic import render as synthetic_render
-from tpsearch_jax.search import ann, attribution, cli, encoding, library, split
+from tpsearch_jax.search import ann, attribution, cli, encoding, index_files, indexing, split
+from tpsearch_jax.search.index_files import BadIndex
 from tpsearch_jax.search.searcher import Searcher
 from tpsearch_jax.search.server import SearchServer
 
@@ -49,7 +50,7 @@ def test_split_index_holds_exactly_the_split_and_scores_like_eval(test_split, tm
   run, index = test_split["run"], test_split["index"]
   want_paths = sorted(os.path.join(run["imgs"], r["file_path"]) for r in run["records"] if r["split"] == "test")
   assert test_split["searcher"].paths == want_paths
-  assert library.read_meta(index)["dataset"] == {"name": "synthetic_pedes", "root": run["data"], "split": "test"}
+  assert index_files.read_meta(index)["dataset"] == {"name": "synthetic_pedes", "root": run["data"], "split": "test"}
   out = tmp_path / "metrics.json"
   try:
     FLAGS(["search", f"--index={index}", "--queries=split", f"--json={out}"])
@@ -66,7 +67,7 @@ def test_split_index_holds_exactly_the_split_and_scores_like_eval(test_split, tm
 
 
 def test_queries_split_needs_a_split_index(test_split, tmp_path):
-  meta = dict(library.read_meta(test_split["index"]))
+  meta = dict(index_files.read_meta(test_split["index"]))
   meta.pop("dataset")
   with pytest.raises(Exception, match="needs an index built from a dataset split"):
     split.split_of_index(meta)
@@ -176,10 +177,10 @@ def test_faiss_index_answers_like_the_exact_one(test_split, tmp_path):
   enough for one cell, the file checksummed like the others, and a damaged one refused."""
   index = tmp_path / "index"
   shutil.copytree(test_split["index"], index)
-  meta = library.build(test_split["run"]["workdir"], os.path.join(test_split["run"]["data"], "imgs"), str(index),
+  meta = indexing.build(test_split["run"]["workdir"], os.path.join(test_split["run"]["data"], "imgs"), str(index),
                        batch_size=16, paths=test_split["searcher"].paths, kind="faiss")
   assert meta["num_encoded"] == 0 and meta["kind"] == "faiss" and meta["ann"]["factory"] == "IVF1,Flat"
-  assert ann.ANN_FILE in meta["sha256"] and meta["fingerprint"] == library.read_meta(test_split["index"])["fingerprint"]
+  assert ann.ANN_FILE in meta["sha256"] and meta["fingerprint"] == index_files.read_meta(test_split["index"])["fingerprint"]
   approx, exact = Searcher(str(index), warm=False), test_split["searcher"]
   captions = [r["captions"][0] for r in test_split["run"]["records"] if r["split"] == "test"][:4]
   for a, b in zip(approx.search(captions, 5), exact.search(captions, 5)):
@@ -188,7 +189,7 @@ def test_faiss_index_answers_like_the_exact_one(test_split, tmp_path):
   with open(index / ann.ANN_FILE, "r+b") as f:
     f.seek(-8, os.SEEK_END)
     f.write(b"\x00" * 8)
-  with pytest.raises(library.BadIndex, match="ann.faiss"):
+  with pytest.raises(BadIndex, match="ann.faiss"):
     Searcher(str(index), warm=False)
 
 

@@ -15,7 +15,7 @@ import urllib.parse
 import pytest
 
 import search_fixtures
-from tpsearch_jax.search import library
+from tpsearch_jax.search import indexing
 from tpsearch_jax.search.searcher import Searcher
 from tpsearch_jax.search.server import MAX_QUERY_CHARS, SearchServer
 
@@ -36,7 +36,7 @@ def served(tmp_path_factory):
   shutil.copy(gallery / train[0], base / "outside.jpg")
   os.symlink(base / "outside.jpg", gallery / "link_out.jpg")  # a symlink leading out: never indexed
   index = str(base / "index")
-  library.build(run["workdir"], str(gallery), index, batch_size=16)
+  indexing.build(run["workdir"], str(gallery), index, batch_size=16)
   searcher = Searcher(index)
   server = SearchServer(searcher, port=0)
   thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -2,7 +2,7 @@
 
 No dataset and no TensorFlow: in-memory synthetic batches of the batch contract's shapes run through the training
 library's ``create_train_state`` / ``make_train_step``, the evaluator (``evaluate.Evaluator``),
-``tpsearch_jax.metrics`` and ``tpsearch_jax.search.index``. Per method: compile time, steady-state steps/s and
+``tpsearch_jax.metrics`` and ``tpsearch_jax.search.topk``. Per method: compile time, steady-state steps/s and
 samples/s, peak device memory, analytic and XLA FLOPs per step, MFU (analytic model FLOPs / step time / device peak);
 eval encoding throughput and, at the chosen dataset sizes, the end-to-end test evaluation. Then retrieval-metric time
 at the CUHK-PEDES and ICFG-PEDES test sizes (or any ``QUERIESxGALLERYxIDS``) and brute-force search queries/s on a

@@ -14,12 +14,12 @@ import numpy as np
 from tpsearch_jax import metrics
 from tpsearch_jax.bench.presets import Preset, base_config, dataset_size, sizes
 from tpsearch_jax.bench.records import Results, median_time
-from tpsearch_jax.search import index as search_index
+from tpsearch_jax.search import topk
 
 
 def _unit_normal(key, rows: int, dim: int) -> jax.Array:
   """[rows, dim] float32 standard normal rows scaled to unit L2 norm."""
-  return search_index.l2_normalize(jax.random.normal(key, (rows, dim)))
+  return topk.l2_normalize(jax.random.normal(key, (rows, dim)))
 
 
 def bench_metrics(results: Results, preset: Preset, args) -> None:

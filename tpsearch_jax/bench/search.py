@@ -1,4 +1,4 @@
-"""Search section: index build time and queries/s of the sharded brute-force top-k (``tpsearch_jax.search.index``)."""
+"""Search section: index build time and queries/s of the sharded brute-force top-k (``tpsearch_jax.search.topk``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from tpsearch_jax.bench.presets import Preset
 from tpsearch_jax.bench.records import Results, median_time
-from tpsearch_jax.search import index as search_index
+from tpsearch_jax.search import topk
 
 
 def bench_search(results: Results, preset: Preset, args) -> None:
@@ -24,22 +24,21 @@ def bench_search(results: Results, preset: Preset, args) -> None:
          "devices": jax.device_count()}
   emb = jax.block_until_ready(jax.jit(lambda key: jax.random.normal(key, (rows, dim), dtype))(jax.random.PRNGKey(3)))
   t0 = time.perf_counter()
-  index = search_index.build_index(emb, np.arange(rows, dtype=np.int32), dtype=dtype,
-                                   block_size=int(args.search_block))
+  index = topk.shard_vectors(emb, np.arange(rows, dtype=np.int32), dtype=dtype, block_size=int(args.search_block))
   jax.block_until_ready(index.embeddings)
   results.add("search/index_build_time", time.perf_counter() - t0, "s", cfg,
-              "build_index on device-resident embeddings: normalise + cast + pad + shard")
+              "shard_vectors on device-resident embeddings: normalise + cast + pad + shard")
   del emb
   queries = jax.random.normal(jax.random.PRNGKey(4), (qb, dim), jnp.float32)  # [qb, dim]
   t0 = time.perf_counter()
-  jax.block_until_ready(search_index.search(index, queries, k))
+  jax.block_until_ready(topk.search(index, queries, k))
   results.add("search/first_call_time", time.perf_counter() - t0, "s", cfg, "includes compilation")
   nb = int(args.search_batches or preset.search_batches)
 
   def run():
     out = None
     for _ in range(nb):
-      out = search_index.search(index, queries, k)
+      out = topk.search(index, queries, k)
     jax.block_until_ready(out)
 
   t, _ = median_time(run, int(args.windows or preset.windows))

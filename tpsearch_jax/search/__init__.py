@@ -1,12 +1,15 @@
-"""Search your own images with a trained model: the index library, the sharded top-k index, explanations, the result
-grid, the web server and the CLI.
+"""Search your own images with a trained model: ``python -m tpsearch_jax.search index|query|serve`` (``cli``).
 
-``python -m tpsearch_jax.search index|query|serve`` (``cli.py``); the names below are the library behind it.
+Modules, one responsibility each:
+  image_files   which files of a gallery folder are images; their (size, mtime)
+  encoding      image files and sentences → retrieval vectors with a run's model
+  fingerprint   the run, config and checkpoint that built an index; loading exactly that one again
+  index_files   the index folder's files (format 3): read back with checksums checked, written safely
+  indexing      build (incrementally) an index folder from a gallery and a run
+  topk          the sharded brute-force top-k over the index's vectors on the devices
+  ann           the approximate FAISS index of ``--kind=faiss``
+  split         a benchmark split as a gallery + queries, scored as evaluation does
+  searcher      an index and its run loaded once, answering queries (``Searcher``, ``query``)
+  query_text, explain, attribution, grid, page, server: what a query read, why an image matched, the result pictures
+  and the local search page.
 """
-
-from tpsearch_jax.search.library import (FORMAT_VERSION, INDEX_EMB, INDEX_FOREGROUND, INDEX_META,  # noqa: F401
-                                         INDEX_PATHS, INDEX_SKIPPED, INDEX_STATS, IMAGE_EXTENSIONS,
-                                         BadIndex, FingerprintMismatch, build, find_images, fingerprint,
-                                         load_pinned_run, load_run, read_index)
-from tpsearch_jax.search.encoding import BadImages, encode_images, encode_texts, load_image  # noqa: F401
-from tpsearch_jax.search.searcher import Hit, Searcher, query  # noqa: F401

@@ -36,7 +36,7 @@ from absl import app, flags
 from PIL import Image
 
 from tpsearch_jax import cli_help, user_errors
-from tpsearch_jax.search import attribution, explain, grid, library, query_text, server, split
+from tpsearch_jax.search import attribution, explain, grid, index_files, indexing, query_text, server, split
 from tpsearch_jax.search.searcher import MAX_K, Searcher, check_request
 
 PROGRAM = "python -m tpsearch_jax.search"
@@ -170,7 +170,7 @@ def run_query(sentences: Sequence[str]) -> int:
 
 def run_split_queries() -> int:
   """--queries=split: the split's captions against the index → R1/R5/R10/mAP (and mINP), as evaluation reports."""
-  the_split = split.split_of_index(library.read_meta(FLAGS.index))
+  the_split = split.split_of_index(index_files.read_meta(FLAGS.index))
   searcher = Searcher(FLAGS.index, workdir=FLAGS.workdir, query_batch=32, warm=False)
   queries = searcher.query_vectors(the_split.captions, FLAGS.long)
   result = split.split_metrics(the_split, searcher.paths, searcher.embeddings, queries)
@@ -215,7 +215,7 @@ def run_command(argv) -> int:
     raise user_errors.UserError(f"{argv[1]} needs --index=INDEX_DIR")
   if argv[1] == "index":
     return run_index()
-  library.read_meta(FLAGS.index)  # a missing or older-format index is refused before the model loads
+  index_files.read_meta(FLAGS.index)  # a missing or older-format index is refused before the model loads
   if argv[1] == "serve":
     if not 0 <= FLAGS.port <= 65535:
       raise user_errors.UserError(f"--port must be between 0 (any free port) and 65535, got {FLAGS.port}")
@@ -245,13 +245,13 @@ def run_index() -> int:
   if FLAGS.dataset_root:
     name, the_split = split.read_split(FLAGS.dataset_root, FLAGS.split, FLAGS.dataset)
     print(f"{name} {FLAGS.split} split: {len(the_split.image_paths)} images, {len(the_split.captions)} captions")
-    meta = library.build(FLAGS.workdir, os.path.join(os.path.abspath(FLAGS.dataset_root), "imgs"), FLAGS.index,
-                         FLAGS.checkpoint, FLAGS.batch_size, FLAGS.skip_bad, progress=True,
-                         paths=the_split.image_paths, dataset=split.dataset_record(name, FLAGS.dataset_root,
-                                                                                   FLAGS.split), **kind)
+    meta = indexing.build(FLAGS.workdir, os.path.join(os.path.abspath(FLAGS.dataset_root), "imgs"), FLAGS.index,
+                          FLAGS.checkpoint, FLAGS.batch_size, FLAGS.skip_bad, progress=True,
+                          paths=the_split.image_paths, dataset=split.dataset_record(name, FLAGS.dataset_root,
+                                                                                    FLAGS.split), **kind)
   else:
-    meta = library.build(FLAGS.workdir, FLAGS.images, FLAGS.index, FLAGS.checkpoint, FLAGS.batch_size,
-                         FLAGS.skip_bad, progress=True, **kind)
+    meta = indexing.build(FLAGS.workdir, FLAGS.images, FLAGS.index, FLAGS.checkpoint, FLAGS.batch_size,
+                          FLAGS.skip_bad, progress=True, **kind)
   for path, error in meta["skipped"]:
     print(f"skipped unreadable {path!r}: {error}")
   print(f"indexed {meta['num_images']} images ({meta['num_encoded']} encoded now, {len(meta['skipped'])} skipped) "

@@ -20,8 +20,7 @@ from absl import logging
 
 from tpsearch_jax import user_errors
 from tpsearch_jax.models import text_tokenizers
-from tpsearch_jax.search import ann, attribution, encoding, explain, library, query_text
-from tpsearch_jax.search import index as search_index
+from tpsearch_jax.search import ann, attribution, encoding, explain, fingerprint, index_files, query_text, topk
 
 MAX_K = 100
 
@@ -75,18 +74,19 @@ def patch_of(config) -> int:
 
 class Searcher:
   """``Searcher(INDEX)``: exactly the checkpoint that built the index (``workdir``: the run folder moved there),
-  ready to search; ``library.FingerprintMismatch`` / ``BadIndex`` (one line saying how to fix it) otherwise.
+  ready to search; ``fingerprint.FingerprintMismatch`` / ``index_files.BadIndex`` (one line saying how to fix it)
+  otherwise.
 
   query_batch: sentences encoded per call (rounded up to the device count); 1 suits a server answering one query
   per request (a larger batch costs its full size even for one query), more suits batches of queries."""
 
   def __init__(self, index_dir: str, workdir: str | None = None, max_k: int = MAX_K, query_batch: int = 1,
                warm: bool = True):
-    data = library.read_index(index_dir)
+    data = index_files.read_index(index_dir)
     self.index_dir, self.meta, self.paths = index_dir, data["meta"], data["paths"]
     self.embeddings, self.foreground = data["embeddings"], data["foreground"]
     self.root = self.meta.get("images_root") or os.path.commonpath(self.paths)
-    run = library.load_pinned_run(self.meta, index_dir, workdir)
+    run = fingerprint.load_pinned_run(self.meta, index_dir, workdir)
     self.workdir = workdir or self.meta["workdir"]
     self.run, self.mesh = run, run.mesh
     self.layout = (explain.Layout.from_json(self.meta["layout"]) if "layout" in self.meta
@@ -104,11 +104,11 @@ class Searcher:
     self.kind = self.meta.get("kind", "exact")
     if self.kind == "faiss":  # the approximate index (``ann``) answers; the exact vectors still explain
       self.ann = ann.read(os.path.join(index_dir, ann.ANN_FILE), self.meta["ann"])
-      self.index = None
+      self.vectors = None
     else:
       self.ann = None
-      self.index = search_index.build_index(self.embeddings, np.arange(len(self.paths)), mesh=self.mesh,
-                                            dtype=np.float32)
+      self.vectors = topk.shard_vectors(self.embeddings, np.arange(len(self.paths)), mesh=self.mesh,
+                                        dtype=np.float32)
     if warm:
       start = time.perf_counter()
       self.search(["a person"], 1)
@@ -163,7 +163,7 @@ class Searcher:
     if self.ann is not None:
       scores, ids = ann.search(self.ann, flat, self.k_search)
     else:
-      scores, ids = search_index.search_batched(self.index, flat, self.k_search, query_batch=self.query_batch)
+      scores, ids = topk.search_batched(self.vectors, flat, self.k_search, query_batch=self.query_batch)
     out_s, out_i, at = [], [], 0
     for v in vectors:
       s, i = scores[at:at + len(v)], ids[at:at + len(v)]

@@ -34,7 +34,7 @@ from absl import logging
 from PIL import Image
 
 from tpsearch_jax import user_errors
-from tpsearch_jax.search import attribution, explain, library, query_text
+from tpsearch_jax.search import attribution, explain, image_files, query_text
 from tpsearch_jax.search.page import PAGE
 from tpsearch_jax.search.searcher import MAX_K, Searcher
 
@@ -94,7 +94,7 @@ class SearchServer(ThreadingHTTPServer):
     if not 0 <= row < s.num_images:
       return None
     path = s.paths[row]
-    if not library.inside(path, s.root) or not os.path.isfile(path):
+    if not image_files.inside(path, s.root) or not os.path.isfile(path):
       return None
     return os.path.realpath(path)
 

@@ -1,6 +1,8 @@
-"""One way to load a trained run: config + model + params from a work directory (best / last / a step folder).
+"""The one way to load a trained run: ``load_run(workdir, checkpoint)`` → ``Run`` (config, model, mesh, params, the
+checkpoint folder and step), from a work directory's best / last / a step folder.
 
-Used by ``--mode=eval``, the search CLI and the notebooks. No TensorFlow.
+Every caller takes the ``Run`` (``--mode=eval``, search's index build and pinned loading, the study, the notebooks,
+``tpsearch_jax.load_run``); nothing unpacks a tuple. No TensorFlow.
 """
 
 from __future__ import annotations
@@ -89,10 +91,10 @@ def restore_params(abstract, workdir: str, choice: str = "auto") -> tuple[Any, s
 
 def load_run(workdir: str, checkpoint: str = "auto", *, config: ml_collections.ConfigDict | None = None,
              mesh=None) -> Run:
-  """Loads ``checkpoint`` of ``workdir`` with ``config`` (default: the run's own config.json) on ``mesh``
-  (default: every device, data parallel, so a run trained on any number of processes or devices and with
-  any ``config.mesh`` loads here; params replicated unless ``config.train.fsdp``). Raises FileNotFoundError naming
-  what was looked for."""
+  """RUN folder + "auto" | "best" | "last" | a step folder → ``Run``: loads ``checkpoint`` of ``workdir`` with
+  ``config`` (default: the run's own config.json) on ``mesh`` (default: every device, data parallel, so a run
+  trained on any number of processes or devices and with any ``config.mesh`` loads here; params replicated unless
+  ``config.train.fsdp``). Raises FileNotFoundError naming what was looked for."""
   config = read_config(workdir) if config is None else config
   mesh = shd.create_mesh() if mesh is None else mesh
   model = build_model(config)

@@ -1,4 +1,4 @@
-"""Sharded brute-force search against a float64 numpy argsort reference."""
+"""The sharded brute-force top-k (``search.topk``) against a float64 numpy argsort reference."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tpsearch_jax.search import index as search_index
+from tpsearch_jax.search import topk
 
 
 def _reference(emb, ids, queries, k):
@@ -36,10 +36,10 @@ def test_top_k_matches_argsort_over_8_devices(data):
   ref_scores, ref_ids, _ = _reference(emb, ids, queries, k)
   # Tie-free at the cut: the k-th and (k+1)-th scores differ by far more than float32 rounding.
   assert np.min(ref_scores[:, k - 1] - ref_scores[:, k]) > 1e-5
-  index = search_index.build_index(emb, ids, block_size=8, dtype=jnp.float32)  # k > block: merges across blocks
+  index = topk.shard_vectors(emb, ids, block_size=8, dtype=jnp.float32)  # k > block: merges across blocks
   assert len(index.embeddings.sharding.device_set) == 8
   assert index.embeddings.shape[0] // 8 > index.block_size  # several blocks per device
-  scores, got = search_index.search(index, jnp.asarray(queries, jnp.float32), k)
+  scores, got = topk.search(index, jnp.asarray(queries, jnp.float32), k)
   np.testing.assert_array_equal(np.asarray(got), ref_ids[:, :k])
   np.testing.assert_allclose(np.asarray(scores), ref_scores[:, :k], atol=1e-5)
 
@@ -48,8 +48,8 @@ def test_bfloat16_index_scores_belong_to_returned_ids(data):
   emb, ids, queries = data
   k = 5
   _, _, all_scores = _reference(emb, ids, queries, k)
-  index = search_index.build_index(emb, ids, block_size=64)  # bfloat16 by default
-  scores, got = search_index.search(index, jnp.asarray(queries, jnp.float32), k)
+  index = topk.shard_vectors(emb, ids, block_size=64)  # bfloat16 by default
+  scores, got = topk.search(index, jnp.asarray(queries, jnp.float32), k)
   row_of = {int(i): r for r, i in enumerate(ids)}
   true = np.array([[all_scores[q, row_of[int(i)]] for i in row] for q, row in enumerate(np.asarray(got))])
   np.testing.assert_allclose(np.asarray(scores), true, atol=2e-2)  # bf16 keeps 8 mantissa bits
@@ -60,8 +60,8 @@ def test_bfloat16_index_scores_belong_to_returned_ids(data):
 def test_k_beyond_index_size_returns_padding_last():
   rng = np.random.default_rng(0)
   emb, ids = rng.standard_normal((5, 8)), np.arange(100, 105, dtype=np.int32)
-  index = search_index.build_index(emb, ids, dtype=jnp.float32)
-  scores, got = search_index.search(index, jnp.asarray(rng.standard_normal((2, 8)), jnp.float32), 7)
+  index = topk.shard_vectors(emb, ids, dtype=jnp.float32)
+  scores, got = topk.search(index, jnp.asarray(rng.standard_normal((2, 8)), jnp.float32), 7)
   got, scores = np.asarray(got), np.asarray(scores)
   assert sorted(got[0, :5].tolist()) == list(range(100, 105))
   np.testing.assert_array_equal(got[:, 5:], -1)
@@ -71,15 +71,15 @@ def test_k_beyond_index_size_returns_padding_last():
 def test_batched_search_covers_a_ragged_query_count(data):
   emb, ids, queries = data
   _, ref_ids, _ = _reference(emb, ids, queries, 3)
-  index = search_index.build_index(emb, ids, block_size=128, dtype=jnp.float32)
-  _, got = search_index.search_batched(index, queries, 3, query_batch=4)  # 9 queries → 4 + 4 + 1 (padded)
+  index = topk.shard_vectors(emb, ids, block_size=128, dtype=jnp.float32)
+  _, got = topk.search_batched(index, queries, 3, query_batch=4)  # 9 queries → 4 + 4 + 1 (padded)
   np.testing.assert_array_equal(got, ref_ids[:, :3])
 
 
 def test_bad_inputs_name_the_problem(data):
   emb, ids, _ = data
   with pytest.raises(ValueError, match="ids must be"):
-    search_index.build_index(emb, ids[:-1])
-  index = search_index.build_index(emb, ids, dtype=jnp.float32)
+    topk.shard_vectors(emb, ids[:-1])
+  index = topk.shard_vectors(emb, ids, dtype=jnp.float32)
   with pytest.raises(ValueError, match=r"queries must be \[Q, 24\]"):
-    search_index.search(index, jnp.zeros((2, 23)), 3)
+    topk.search(index, jnp.zeros((2, 23)), 3)

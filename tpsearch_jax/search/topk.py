@@ -1,6 +1,6 @@
-"""Exact (or TPU-approximate) brute-force top-k search over an L2-normalised embedding index sharded over devices.
+"""Exact (or TPU-approximate) brute-force top-k over L2-normalised vectors sharded over devices (``ShardedVectors``).
 
-The index rows are split evenly over a 1-D mesh axis. Each device scans its rows in fixed-size blocks (one
+The rows are split evenly over a 1-D mesh axis. Each device scans its rows in fixed-size blocks (one
 [Q, block] score matrix at a time), keeps a running top-k, and the per-device top-k lists are all-gathered and merged
 into the global top-k. Padding rows carry id -1 and score -inf, so they are only returned when k exceeds the number of
 real rows.
@@ -19,14 +19,14 @@ from jax.sharding import PartitionSpec as P
 
 from tpsearch_jax import sharding as shd
 
-__all__ = ["AXIS", "SearchIndex", "build_index", "default_mesh", "l2_normalize", "search", "search_batched"]
+__all__ = ["AXIS", "ShardedVectors", "shard_vectors", "default_mesh", "l2_normalize", "search", "search_batched"]
 
 AXIS = shd.DATA
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class SearchIndex:
+class ShardedVectors:
   """embeddings [N_pad, D] (L2-normalised, row-sharded), ids int32 [N_pad] (-1 = padding); N real rows."""
 
   embeddings: jax.Array
@@ -47,9 +47,9 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return (x32 / jnp.maximum(jnp.linalg.norm(x32, axis=-1, keepdims=True), eps)).astype(x.dtype)
 
 
-def build_index(embeddings, ids, *, mesh: Mesh | None = None, block_size: int = 65536,
-                dtype=jnp.bfloat16, normalize: bool = True) -> SearchIndex:
-  """embeddings [N, D] (numpy or jax), ids int [N] (non-negative) → a ``SearchIndex`` sharded over ``mesh``.
+def shard_vectors(embeddings, ids, *, mesh: Mesh | None = None, block_size: int = 65536,
+                  dtype=jnp.bfloat16, normalize: bool = True) -> ShardedVectors:
+  """embeddings [N, D] (numpy or jax), ids int [N] (non-negative) → a ``ShardedVectors`` sharded over ``mesh``.
 
   Rows are L2-normalised (unless ``normalize=False``), cast to ``dtype`` and padded to a multiple of
   (devices × block) where block = min(block_size, rows per device).
@@ -65,7 +65,7 @@ def build_index(embeddings, ids, *, mesh: Mesh | None = None, block_size: int = 
     raise ValueError("ids must be non-negative (-1 marks padding rows)")
   n, _ = embeddings.shape
   if n == 0:
-    raise ValueError("cannot build a search index from zero embeddings")
+    raise ValueError("cannot shard zero embeddings")
   shards = mesh.shape[AXIS]
   per_shard = -(-n // shards)
   block = max(1, min(block_size, per_shard))
@@ -77,8 +77,8 @@ def build_index(embeddings, ids, *, mesh: Mesh | None = None, block_size: int = 
     emb = l2_normalize(emb.astype(jnp.float32))
   emb = jnp.pad(emb.astype(dtype), ((0, pad), (0, 0)))
   padded_ids = np.concatenate([ids.astype(np.int32), np.full((pad,), -1, np.int32)])
-  return SearchIndex(embeddings=jax.device_put(emb, sharding), ids=jax.device_put(padded_ids, sharding),
-                     num_rows=n, block_size=block, mesh=mesh)
+  return ShardedVectors(embeddings=jax.device_put(emb, sharding), ids=jax.device_put(padded_ids, sharding),
+                        num_rows=n, block_size=block, mesh=mesh)
 
 
 def _merge(scores_a, ids_a, scores_b, ids_b, k: int):
@@ -114,34 +114,34 @@ def _local_topk(queries, emb, ids, *, k: int, block: int, approximate: bool, rec
 
 
 @functools.partial(jax.jit, static_argnames=("k", "approximate", "recall_target", "normalize"))
-def search(index: SearchIndex, queries: jax.Array, k: int, approximate: bool = False,
+def search(vectors: ShardedVectors, queries: jax.Array, k: int, approximate: bool = False,
            recall_target: float = 0.95, normalize: bool = True) -> tuple[jax.Array, jax.Array]:
-  """queries [Q, D] → (cosine scores float32 [Q, k] descending, ids int32 [Q, k]) over the whole index.
+  """queries [Q, D] → (cosine scores float32 [Q, k] descending, ids int32 [Q, k]) over every row.
 
   Exact by default (``jax.lax.top_k`` per block); ``approximate=True`` uses ``jax.lax.approx_max_k`` per block, which
   is fast on TPU and falls back to an exact top-k elsewhere.
   """
-  if queries.ndim != 2 or queries.shape[1] != index.embeddings.shape[1]:
-    raise ValueError(f"queries must be [Q, {index.embeddings.shape[1]}], got shape {queries.shape}")
+  if queries.ndim != 2 or queries.shape[1] != vectors.embeddings.shape[1]:
+    raise ValueError(f"queries must be [Q, {vectors.embeddings.shape[1]}], got shape {queries.shape}")
   if k < 1:
     raise ValueError(f"k must be >= 1, got {k}")
   if normalize:
     queries = l2_normalize(queries.astype(jnp.float32))
 
   def per_shard(q, emb, ids):
-    s, i = _local_topk(q, emb, ids, k=k, block=index.block_size, approximate=approximate,
+    s, i = _local_topk(q, emb, ids, k=k, block=vectors.block_size, approximate=approximate,
                        recall_target=recall_target)
     all_s = jax.lax.all_gather(s, AXIS, axis=1, tiled=True, to="invarying")  # [Q, shards·k]
     all_i = jax.lax.all_gather(i, AXIS, axis=1, tiled=True, to="invarying")
     top, idx = jax.lax.top_k(all_s, k)
     return top, jnp.take_along_axis(all_i, idx, axis=-1)
 
-  fn = jax.shard_map(per_shard, mesh=index.mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=(P(), P()))
-  return fn(queries, index.embeddings, index.ids)
+  fn = jax.shard_map(per_shard, mesh=vectors.mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=(P(), P()))
+  return fn(queries, vectors.embeddings, vectors.ids)
 
 
-def search_batched(index: SearchIndex, queries, k: int, query_batch: int = 1024, **kwargs) -> tuple[np.ndarray,
-                                                                                                    np.ndarray]:
+def search_batched(vectors: ShardedVectors, queries, k: int, query_batch: int = 1024,
+                   **kwargs) -> tuple[np.ndarray, np.ndarray]:
   """Like ``search`` over many queries [Q, D], ``query_batch`` at a time (last batch padded) → numpy [Q, k] ×2."""
   queries = np.asarray(queries)
   scores, ids = [], []
@@ -150,7 +150,7 @@ def search_batched(index: SearchIndex, queries, k: int, query_batch: int = 1024,
     n = chunk.shape[0]
     if n < query_batch:
       chunk = np.concatenate([chunk, np.ones((query_batch - n, chunk.shape[1]), chunk.dtype)])
-    s, i = search(index, jnp.asarray(chunk), k, **kwargs)
+    s, i = search(vectors, jnp.asarray(chunk), k, **kwargs)
     scores.append(np.asarray(s)[:n])
     ids.append(np.asarray(i)[:n])
   return np.concatenate(scores), np.concatenate(ids)
