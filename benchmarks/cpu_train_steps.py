@@ -25,6 +25,7 @@ import jax
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.config_files import load_config
 from tpsearch_jax.training import state as state_lib
+from tpsearch_jax.training.config_checks import resolve_config
 from tpsearch_jax.training.setup import build_setup, initial_state
 
 
@@ -32,8 +33,8 @@ def measure(config_arg: str, warmup: int, steps: int) -> dict:
   """Times ``steps`` train steps of ``config_arg`` ("file.py:arg") in this process -> a result row."""
   config = load_config(config_arg)
   with tempfile.TemporaryDirectory() as workdir:
-    s = build_setup(config, train=True)
-    train_step = state_lib.make_train_step(config, s.model, s.tx, s.mesh, s.shardings)
+    s = build_setup(resolve_config(config), train=True)
+    train_step = state_lib.make_train_step(s.options.loss, s.model, s.tx, s.mesh, s.shardings)
     state = initial_state(s)
     batches = shd.prefetch_to_mesh(s.train_data.iterator(0), s.mesh, int(config.train.prefetch))
     metrics = None

@@ -21,6 +21,7 @@ from tpsearch_jax.configs import base
 from tpsearch_jax.models import build_model
 from tpsearch_jax.training import state as state_lib
 from tpsearch_jax.training.config_checks import resolve_config
+from tpsearch_jax.training.options import run_options
 
 
 def peer_config(method: str, d: dict, mlm_head: str):
@@ -49,9 +50,10 @@ def main() -> int:
   d = json.loads(a.dims)
   t0 = time.perf_counter()
   config = peer_config(a.method, d, a.mlm_head)
-  model, mesh = build_model(config), shd.create_mesh(jax.local_devices()[:1])
-  state, tx, shardings = state_lib.create_train_state(config, model, mesh, jax.random.PRNGKey(0))
-  step = state_lib.make_train_step(config, model, tx, mesh, shardings)
+  options = run_options(config)
+  model, mesh = build_model(options), shd.create_mesh(jax.local_devices()[:1])
+  state, tx, shardings = state_lib.create_train_state(options, model, mesh, jax.random.PRNGKey(0))
+  step = state_lib.make_train_step(options.loss, model, tx, mesh, shardings)
   batch = shd.to_global(batch_lib.fake_train_batch(config, d["batch_size"]), mesh)
   compiled = step.jitted.lower(state, batch).compile()
   state, metrics = compiled(state, batch)

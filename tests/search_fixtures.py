@@ -22,6 +22,7 @@ from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.models import build_model
 from tpsearch_jax.training import checkpointing, trainer
 from tpsearch_jax.training import state as state_lib
+from tpsearch_jax.training.options import run_options
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs", "synthetic.py")
 NUM_IDS, IMAGES_PER_ID, EPOCHS = 10, 8, 30
@@ -77,8 +78,9 @@ def untrained_clip_run(workdir: str) -> str:
                            context_length=32, text_width=32, text_layers=1, text_heads=4))
   c.model.num_classes = 4
   c.train.batch_size = 8
-  model, mesh = build_model(c), sharding.create_mesh()
-  state, _, _ = state_lib.create_train_state(c, model, mesh, jax.random.PRNGKey(5))
+  options = run_options(c)
+  model, mesh = build_model(options), sharding.create_mesh()
+  state, _, _ = state_lib.create_train_state(options, model, mesh, jax.random.PRNGKey(5))
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(c.to_json_best_effort(indent=2))
   ckpt = checkpointing.Checkpointer(workdir, async_save=False)

@@ -19,7 +19,7 @@ from tpsearch_jax import batch as batch_lib
 from tpsearch_jax import objectives
 from tpsearch_jax.bench import flops
 from tpsearch_jax.config_files import load_config_module
-from tpsearch_jax.models import backbones, build_model, model_options
+from tpsearch_jax.models import backbones, build_model, method_options
 from tpsearch_jax.models.bert import bert_tokenizer
 from tpsearch_jax.models.bert.weights import load_bert
 from tpsearch_jax.models.clip import CheckpointError
@@ -29,6 +29,7 @@ from tpsearch_jax.models.resnet.weights import load_resnet50
 from tpsearch_jax.models.vit.weights import load_vit
 from tpsearch_jax.training import config_checks, optim, trainer
 from tpsearch_jax.training import setup as setup_lib
+from tpsearch_jax.training.options import run_options
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 BERT, VIT, RESNET = (FIXTURES / f"hf_tiny_{n}" for n in ("bert", "vit", "resnet"))
@@ -205,7 +206,8 @@ def test_presets_carry_the_lineage_recipe_on_every_dataset(method):
     assert group("image_proj/kernel")[0] == group("classifier/kernel")[0] == 1.0
     assert group("image_backbone/embedder/embedder/normalization/mean") == (0.0, 0.0)
   c.model.num_classes = 7
-  clip, options, loss = model_options(c)
+  m = method_options(c)
+  clip, options, loss = m.clip, m.model, m.loss
   assert options.global_pool == "max" and options.use_parts and (loss.id, loss.triplet, loss.cmr) == (1, 1, 1)
   assert backbones.image_grid(clip, options) == (24, 8)
   factors = [float(optim.lr_factor(e, 60, 0, 0.1, "step", milestones=(20, 40, 50))) for e in (0, 19, 20, 40, 59)]
@@ -218,11 +220,12 @@ def test_flops_of_the_paper_backbones_match_xla():
   for method in ("pcc_paper_vit", "pcc_paper_rn50"):
     c = load_config_module(str(CONFIGS / "synthetic.py")).get_config(method)
     c.model.num_classes = 11
-    model, lo = build_model(c), model_options(c)[2]
+    options = run_options(c)
+    model, lo = build_model(options), options.loss
     b = {k: jnp.asarray(v) for k, v in batch_lib.fake_train_batch(c, 2).items()}
     params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, b))["params"]
     fwd = jax.jit(lambda p: objectives.model_loss(model, lo, p, b, jax.random.key(0))[0]).lower(params)
-    ratio = float(fwd.cost_analysis()["flops"]) / flops.train_step_flops(c, 2).forward_total
+    ratio = float(fwd.cost_analysis()["flops"]) / flops.train_step_flops(options, 2).forward_total
     assert 1.0 <= ratio < 1.1, (method, ratio)  # exact GELU (erf) and BatchNorm weigh ~6 % at width 128
 
 
@@ -247,7 +250,7 @@ def _converted_on_cuhk(tmp_path, method):
     c.init.resnet = str(RESNET)
   s = config_checks.resolve_config(c, num_classes=3)
   assert s.data.tokenizer_path == str(BERT)  # the BERT folder's vocab.txt
-  assert set(setup_lib.pretrained_backbone_params(s)) == {"text_backbone", "image_backbone"}
+  assert set(setup_lib.pretrained_backbone_params(s.init, run_options(s))) == {"text_backbone", "image_backbone"}
   return c
 
 

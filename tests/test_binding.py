@@ -112,6 +112,7 @@ def test_report_of_a_tiny_part_model(tiny_set):
   from tpsearch_jax.evaluate_binding import applies, binding_report
   from tpsearch_jax.models import build_model
   from tpsearch_jax.training import config_checks
+  from tpsearch_jax.training.options import run_options
   from tpsearch_jax import batch as batch_lib
 
   c = load_config(os.path.join(os.path.dirname(__file__), os.pardir, "configs", "synthetic.py:pcc"))
@@ -119,15 +120,16 @@ def test_report_of_a_tiny_part_model(tiny_set):
   c.model.clip.update(dict(embed_dim=16, vision_width=16, text_width=16, vision_layers=1, text_layers=1))
   c.model.part.update(dict(num_queries=2, num_parts=3))
   c = config_checks.resolve_config(c, num_classes=4)
-  assert applies(c)
-  model = build_model(c)
+  o = run_options(c)
+  assert applies(o.model, o.data)
+  model = build_model(o)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), {k: jax.numpy.asarray(v) for k, v in
                                                                  batch_lib.fake_train_batch(c, 2).items()})["params"])
   rng = np.random.default_rng(0)  # random weights without compiling the initialiser; LayerNorm scales 1
   params = jax.tree_util.tree_map_with_path(
       lambda p, s: np.ones(s.shape, np.float32) if "scale" in jax.tree_util.keystr(p)
       else rng.normal(0, 0.1, s.shape).astype(np.float32), shapes)
-  report = binding_report(model, params, c, read_annotations("synthetic_pedes", tiny_set))
+  report = binding_report(model, params, o.clip, o.model, o.data, read_annotations("synthetic_pedes", tiny_set))
   assert 0.0 <= report["foreground_auc"] <= 1.0
   assert set(report["stripe_coverage"]) == {"stripe_0", "stripe_1", "stripe_2"}
   assert report["stripe_coverage"]["stripe_0"]["head"] > report["stripe_coverage"]["stripe_2"]["head"]

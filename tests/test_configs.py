@@ -15,7 +15,7 @@ from tpsearch_jax import batch as batch_lib
 from tpsearch_jax.training import config_checks, optim, trainer
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.data import annotations
-from tpsearch_jax.models import METHODS, build_model
+from tpsearch_jax.models import METHODS, build_model, method_options
 
 CONFIG_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs"))
 
@@ -80,7 +80,7 @@ def test_methods_build_from_the_dataset_configs(dataset, methods):
     if c.eval.select_on is None:
       c.eval.select_on = "none"
     c = config_checks.resolve_config(c, num_classes=7)
-    model = build_model(c)
+    model = build_model(method_options(c))
     b = {n: jnp.asarray(v) for n, v in batch_lib.fake_train_batch(c, 2).items()}
     params = jax.eval_shape(lambda k: model.init({"params": k, "mining": k, "dropout": k}, b)["params"],
                             jax.random.PRNGKey(0))

@@ -69,14 +69,14 @@ def test_bad_test_image_is_found_at_start_up_not_after_training(tmp_path):
 
 
 def test_build_setup_fails_on_a_bad_test_image_before_building_the_model(tmp_path, monkeypatch):
-  from tpsearch_jax.training import setup as setup_lib  # noqa: PLC0415 - only this test needs the training stack
+  from tpsearch_jax.training import config_checks, setup as setup_lib  # noqa: PLC0415 - only this test needs training
   root = fx.write_cuhk(str(tmp_path))
   truncate_jpeg(os.path.join(root, "imgs", TEST_IMAGE))
   config = base.get_config("clip")
   config.data.update(name="cuhk_pedes", root=root, image_size=(32, 16))
   monkeypatch.setattr(setup_lib, "build_model", lambda *a: pytest.fail("the model was built before the data check"))
   with pytest.raises(ImageDecodeError, match=r"test split.*p1_s1\.jpg"):
-    setup_lib.build_setup(config, train=True)
+    setup_lib.build_setup(config_checks.resolve_config(config), train=True)
 
 
 def test_decode_check_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch, caplog):

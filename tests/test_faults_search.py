@@ -37,6 +37,7 @@ from tpsearch_jax import sharding as shd
 from tpsearch_jax.training import checkpointing
 from tpsearch_jax.training import runs
 from tpsearch_jax.training import state as state_lib
+from tpsearch_jax.training.options import run_options
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 CLIP_FIXTURE = os.path.join(ROOT, "tests", "fixtures", "hf_tiny_clip")
@@ -49,8 +50,10 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
 def states():
   """{seed: train state} of the tiny CLIP model: two different sets of weights for the same config."""
   config = tiny_config()
-  model, mesh = build_model(config), shd.create_mesh()
-  return {seed: state_lib.create_train_state(config, model, mesh, jax.random.PRNGKey(seed))[0] for seed in (3, 11)}
+  options = run_options(config)
+  model, mesh = build_model(options), shd.create_mesh()
+  return {seed: state_lib.create_train_state(options, model, mesh, jax.random.PRNGKey(seed))[0]
+          for seed in (3, 11)}
 
 
 def save(workdir, state, step: int, which: str = checkpointing.LAST) -> None:

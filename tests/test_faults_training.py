@@ -26,6 +26,7 @@ from tpsearch_jax.configs import base
 from tpsearch_jax.models import build_model
 from tpsearch_jax.training import checkpointing, config_checks, eval_only, trainer
 from tpsearch_jax.training import state as state_lib
+from tpsearch_jax.training.options import run_options
 from tpsearch_jax.user_errors import UserError
 
 STEPS = 4
@@ -60,7 +61,8 @@ def straight(tmp_path_factory):
 
 def _abstract(config):
   c = config_checks.resolve_config(config.copy_and_resolve_references(), num_classes=3)
-  abstract, _, _ = state_lib.abstract_train_state(c, build_model(c), shd.create_mesh())
+  options = run_options(c)
+  abstract, _, _ = state_lib.abstract_train_state(options, build_model(options), shd.create_mesh())
   return abstract
 
 
@@ -123,13 +125,15 @@ def test_step_with_finite_loss_and_nonfinite_update_is_never_saved_and_the_rerun
 def test_nonfinite_parameters_after_an_update_clear_the_finite_flag(straight):
   """A NaN in Adam's first moment: loss and gradients finite, the updated parameters are not."""
   c = config_checks.resolve_config(_config(straight["root"]), num_classes=3)
-  model = build_model(c)
+  options = run_options(c)
+  model = build_model(options)
   mesh = shd.create_mesh(jax.devices()[:1])
-  state, tx, sh = state_lib.create_train_state(c, model, mesh, jax.random.PRNGKey(0))
+  state, tx, sh = state_lib.create_train_state(options, model, mesh, jax.random.PRNGKey(0))
   poisoned = jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(np.nan) if x.ndim and x.dtype == np.float32 else x,
                           state.opt_state)
   from test_train import random_batch
-  _, m = state_lib.make_train_step(c, model, tx, mesh, sh)(state.replace(opt_state=poisoned), random_batch(c, 8))
+  step = state_lib.make_train_step(options.loss, model, tx, mesh, sh)
+  _, m = step(state.replace(opt_state=poisoned), random_batch(c, 8))
   m = {k: float(v) for k, v in jax.device_get(m).items()}
   assert np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"]) and not m["finite"]
   assert trainer.first_nonfinite(m) == "param_norm"

@@ -21,8 +21,9 @@ from tpsearch_jax import losses, objectives
 from tpsearch_jax.bench import flops
 from tpsearch_jax.configs import base
 from tpsearch_jax.models.clip import CLIP, CLIPConfig, ResidualAttentionBlock
-from tpsearch_jax.models import build_model, model_options
+from tpsearch_jax.models import build_model
 from tpsearch_jax.batch import fake_train_batch as example_batch
+from tpsearch_jax.training.options import run_options
 
 
 def _default_config(method: str):
@@ -43,18 +44,17 @@ def test_vit_b16_train_step_matches_xla(method):
   config = _default_config(method)
   # XLA's cost analysis of the masked MLM head's lax.cond counts its costlier (full-head) branch; compare the full.
   config.loss.mlm_head = "full"
-  model = build_model(config)
+  options = run_options(config)
+  model = build_model(options)
   b = 2
   batch = {k: jnp.asarray(v) for k, v in example_batch(config, b).items()}
   rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1), "mining": jax.random.key(2)}
   params = jax.eval_shape(lambda: model.init(rngs, batch, train=True))["params"]
 
-  loss_options = model_options(config)[2]
-
   def loss(p, batch):
-    return objectives.model_loss(model, loss_options, p, batch, jax.random.key(0))[0]
+    return objectives.model_loss(model, options.loss, p, batch, jax.random.key(0))[0]
 
-  counted = flops.train_step_flops(config, b)
+  counted = flops.train_step_flops(options, b)
   fwd = _hlo_flops(loss, params, batch)
   assert 1.0 <= fwd / counted.forward_total < 1.01, (fwd, counted.forward_total)
   if method == "irra":  # the backward factors (2×, 1× for the patch embedding); one method suffices for time

@@ -13,10 +13,11 @@ import pytest
 from tpsearch_jax import batch as batch_lib
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.config_files import load_config_module
-from tpsearch_jax.models import build_model
+from tpsearch_jax.models import build_model, method_options
 from tpsearch_jax.training import checkpointing, config_checks, init_from_run
 from tpsearch_jax.training import state as state_lib
 from tpsearch_jax.training.optim import path_name
+from tpsearch_jax.training.options import run_options
 from tpsearch_jax.user_errors import UserError
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs")
@@ -39,7 +40,8 @@ def save_run(workdir, config, saves):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
-  state, _, _ = state_lib.create_train_state(config, build_model(config), shd.create_mesh(), jax.random.PRNGKey(0))
+  options = run_options(config)
+  state, _, _ = state_lib.create_train_state(options, build_model(options), shd.create_mesh(), jax.random.PRNGKey(0))
   ckpt = checkpointing.Checkpointer(workdir, async_save=False)
   params = {}
   for which, step, offset in saves:
@@ -68,7 +70,8 @@ def target():
   c.train.fsdp = True
   c.train.fsdp_min_size = 1
   mesh = shd.mesh_from_config(c)
-  state, tx, shardings = state_lib.create_train_state(c, build_model(c), mesh, jax.random.PRNGKey(0))
+  options = run_options(c)
+  state, tx, shardings = state_lib.create_train_state(options, build_model(options), mesh, jax.random.PRNGKey(0))
   return c, mesh, tx, shardings, state
 
 
@@ -112,7 +115,8 @@ def test_step_choice_and_exclude(source_run, target):
 def test_shape_mismatch_and_bad_folder_refused(source_run, tmp_path):
   workdir, saved = source_run
   c = tiny_config("clip", embed_dim=8)
-  abstract, _, _ = state_lib.abstract_train_state(c, build_model(c), shd.create_mesh())
+  options = run_options(c)
+  abstract, _, _ = state_lib.abstract_train_state(options, build_model(options), shd.create_mesh())
   source = {tuple(k.split("/")): v for k, v in saved[("best", 3)].items()}
   with pytest.raises(UserError, match=r"^config.init.run: parameter clip/\S+ has shape \(\d+, 16\) in the run but "
                      r"\(\d+, 8\) here"):
@@ -154,7 +158,7 @@ def test_finetune_configs_load_every_tower_param_of_the_pretraining_run(method):
                                     num_classes=10)
   assert ft.init.run == "/tmp/tpsearch_synthetic_pretrain" and ft.data.synthetic.seed != pre.data.synthetic.seed
   assert ft.data.root != pre.data.root and pre.data.synthetic.caption_style == "plain"
-  shapes = [jax.eval_shape(lambda c=c: build_model(c).init(jax.random.key(0), {
+  shapes = [jax.eval_shape(lambda c=c: build_model(method_options(c)).init(jax.random.key(0), {
       k: jax.numpy.asarray(v) for k, v in batch_lib.fake_train_batch(c, 2).items()})["params"]) for c in (ft, pre)]
   decisions = init_from_run.plan(*shapes)
   assert {p for p, d in decisions.items() if d == "loaded"} == {p for p in decisions if p.startswith("clip/")}

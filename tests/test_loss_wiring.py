@@ -22,7 +22,7 @@ import pytest
 import numpy_reference as ref
 from test_losses import _picker
 from tpsearch_jax import objectives, ranking_losses
-from tpsearch_jax.models import build_model, model_options, tiny_model_config
+from tpsearch_jax.models import build_model, method_options, tiny_model_config
 from tpsearch_jax.models.presets import METHODS
 
 VOCAB, LENGTH, K = 1000, 16, 8
@@ -65,9 +65,11 @@ def _batch() -> dict[str, np.ndarray]:
 def _architecture(method: str) -> str:
   """The method whose model ``method`` shares: the same options but the name, and heads that include its own (the
   token-pooled presets without parts run on irra's model, which builds the classifier and the MLM head)."""
-  _, options, loss = model_options(_config(method))
+  m = method_options(_config(method))
+  options, loss = m.model, m.loss
   for other in ("irra", "pcc", "combined"):
-    _, o, lo = model_options(_config(other))
+    other_options = method_options(_config(other))
+    o, lo = other_options.model, other_options.loss
     heads, own = objectives.required_heads(lo), objectives.required_heads(loss)
     if (dataclasses.replace(o, name=method) == options and (heads.classifier or not own.classifier)
         and (heads.mlm or not own.mlm)):
@@ -82,7 +84,7 @@ def _run(method: str):
 @functools.cache
 def _run_model(method: str):
   """(model, params, outputs, full-vocabulary MLM logits f64 or None) of the tiny ``method`` model."""
-  model = build_model(_config(method))
+  model = build_model(method_options(_config(method)))
   batch = _batch()
   key = jax.random.key(0)
   params = jax.jit(lambda x: model.init({"params": key}, x)["params"], compiler_options=FAST)(batch)
@@ -100,7 +102,7 @@ def _run_model(method: str):
 def _loss(method: str, **overrides) -> objectives.LossOptions:
   cfg = _config(method)
   cfg["loss"].update(overrides)
-  return model_options(cfg)[2]
+  return method_options(cfg).loss
 
 
 def _computed(method: str, loss: objectives.LossOptions, rng=jax.random.key(7)):

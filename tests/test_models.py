@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tpsearch_jax import objectives
-from tpsearch_jax.models import CLIP, build_model, method_preset, model_options, tiny_model_config
+from tpsearch_jax.models import CLIP, build_model, method_options, method_preset, tiny_model_config
 from tpsearch_jax.models.cross_former import CrossFormer, MLMHead
 from tpsearch_jax.models.part_decoder import Decoder, foreground_map, stripe_bounds
 
@@ -69,7 +69,7 @@ def _rngs(seed: int = 0) -> dict:
 
 @functools.cache
 def _model(method: str, dtype: str = "float32"):
-  return build_model(_config(method, dtype))
+  return build_model(method_options(_config(method, dtype)))
 
 
 @functools.cache
@@ -86,7 +86,7 @@ def _params(method: str) -> dict:
 
 
 def _loss_options(method: str):
-  return model_options(_config(method))[2]
+  return method_options(_config(method)).loss
 
 
 @functools.cache
@@ -215,7 +215,7 @@ def test_build_model_rejects_bad_config(edit, message):
   cfg = _config("irra")
   edit(cfg)
   with pytest.raises(ValueError, match=message):
-    build_model(cfg)
+    build_model(method_options(cfg))
 
 
 @pytest.mark.parametrize("method, edit, message", [
@@ -227,17 +227,18 @@ def test_build_model_rejects_bad_part_config(method, edit, message):
   cfg = _config(method)
   edit(cfg)
   with pytest.raises(ValueError, match=message):
-    build_model(cfg)
+    build_model(method_options(cfg))
 
 
 def test_build_model_reads_config_dict_and_fills_preset_defaults():
   cfg = _config("pcc")
   del cfg["model"]["use_parts"], cfg["model"]["global_pool"]
   cfg["loss"] = {"cmr_margin": 0.3}
-  clip, options, loss = model_options(ml_collections.ConfigDict(cfg))
+  m = method_options(ml_collections.ConfigDict(cfg))
+  clip, options, loss = m.clip, m.model, m.loss
   assert options.use_parts and options.global_pool == "max" and (loss.id, loss.triplet, loss.cmr) == (1, 1, 1)
   assert loss.cmr_margin == 0.3 and clip.grid == (6, 2) and options.part.num_parts == 3
-  assert hash(build_model(ml_collections.ConfigDict(cfg)))  # frozen options: the module is hashable
+  assert hash(build_model(method_options(ml_collections.ConfigDict(cfg))))  # frozen options: the module is hashable
 
 
 def test_param_trees():
@@ -265,10 +266,10 @@ def test_param_trees():
 def test_zero_weight_terms_are_not_computed():
   cfg = _config("irra")
   cfg["loss"].update(mlm=0.0, id=0.0)
-  model = build_model(cfg)
+  model = build_model(method_options(cfg))
   shapes = jax.eval_shape(lambda b: model.init(_rngs(), b, train=True), _batch())["params"]
   assert set(shapes) == {"clip"}
-  loss = model_options(cfg)[2]
+  loss = method_options(cfg).loss
   _, terms = jax.eval_shape(lambda p, b: objectives.model_loss(model, loss, p, b, jax.random.key(0)), shapes,
                             _batch())
   assert set(terms) == {"sdm"}

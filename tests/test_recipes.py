@@ -21,7 +21,7 @@ from tpsearch_jax import objectives
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.data.pipeline.training import train_iterator
 from tpsearch_jax.data import samplers
-from tpsearch_jax.models import build_model, tiny_model_config
+from tpsearch_jax.models import build_model, method_options, tiny_model_config
 from tpsearch_jax.training import optim
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
@@ -100,7 +100,7 @@ def _irra_module(path: str) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def irra_params():
   cfg = tiny_model_config("irra")
-  model = build_model(cfg)
+  model = build_model(method_options(cfg))
   c = load("cuhk", "irra")
   c.model.clip.image_size, c.data.image_size = (48, 16), (48, 16)
   b = {k: jnp.asarray(v) for k, v in batch_lib.fake_train_batch(c, 2).items()}
@@ -228,7 +228,6 @@ def test_pipeline_short_batch_carries_the_valid_mask(tmp_path):
 def test_a_padded_short_batch_trains_like_the_unpadded_batch(method):
   """drop_last=False: a full preset's train step (model_loss + gradient) on the short batch padded to B with the
   sampler's repeats and the pipeline's zeroed padding labels + ``valid`` equals the step on the short batch alone."""
-  from tpsearch_jax.models import model_options
   n, b = 5, 8
   cfg = tiny_model_config(method)
   cfg["model"]["clip"].update(vision_layers=1, text_layers=1)
@@ -241,7 +240,8 @@ def test_a_padded_short_batch_trains_like_the_unpadded_batch(method):
   padded = {k: v[rows] for k, v in short.items()}
   padded["valid"] = np.arange(b) < n
   padded["mlm_labels"] = np.where(padded["valid"][:, None], padded["mlm_labels"], 0)
-  model, loss = build_model(cfg), model_options(cfg)[2]
+  options = method_options(cfg)
+  model, loss = build_model(options), options.loss
   assert set(loss.active) <= set(objectives.VALID_MASK_TERMS)
   key = jax.random.key(0)
   fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}  # numerics, not speed

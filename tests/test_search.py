@@ -22,6 +22,7 @@ from tpsearch_jax.search.searcher import Searcher, query
 from tpsearch_jax.training import checkpointing
 from tpsearch_jax import batch as batch_lib
 from tpsearch_jax.training import state as state_lib
+from tpsearch_jax.training.options import run_options
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.models.clip.image_stats import CLIP_MEAN, CLIP_STD
 from tpsearch_jax.models.clip.tokenizer import tokenize
@@ -51,9 +52,10 @@ def run_dir(tmp_path_factory):
   """A run folder as training leaves it: config.json + an orbax checkpoint of a (randomly initialised) state."""
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny_config()
-  model = build_model(config)
+  options = run_options(config)
+  model = build_model(options)
   mesh = shd.create_mesh()
-  state, _, _ = state_lib.create_train_state(config, model, mesh, jax.random.PRNGKey(3))
+  state, _, _ = state_lib.create_train_state(options, model, mesh, jax.random.PRNGKey(3))
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   ckpt = checkpointing.Checkpointer(workdir, async_save=False)

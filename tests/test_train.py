@@ -17,6 +17,7 @@ from tpsearch_jax.training import checkpointing
 from tpsearch_jax import batch as batch_lib
 from tpsearch_jax.training import state as state_lib
 from tpsearch_jax.training import config_checks, eval_only, trainer
+from tpsearch_jax.training.options import run_options
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.models import build_model
@@ -83,11 +84,12 @@ def tiny():
   c.optim.lr = 1e-3
   c.schedule.warmup_epochs = 0
   c = config_checks.resolve_config(c, num_classes=5)
-  model = build_model(c)
+  options = run_options(c)
+  model = build_model(options)
   mesh1 = shd.create_mesh(jax.devices()[:1])
-  state, tx, sh1 = state_lib.create_train_state(c, model, mesh1, jax.random.PRNGKey(0))
+  state, tx, sh1 = state_lib.create_train_state(options, model, mesh1, jax.random.PRNGKey(0))
   host_state = jax.device_get(state)
-  step1 = state_lib.make_train_step(c, model, tx, mesh1, sh1)
+  step1 = state_lib.make_train_step(options.loss, model, tx, mesh1, sh1)
   return dict(config=c, model=model, tx=tx, mesh1=mesh1, sh1=sh1, host_state=host_state, step1=step1)
 
 
@@ -109,11 +111,12 @@ def test_step_on_8_devices_equals_step_on_1_device(tiny):
     c8 = c.copy_and_resolve_references()
     c8.train.fsdp, c8.train.fsdp_min_size = fsdp, 1
     mesh8 = shd.create_mesh()
-    _, _, sh8 = state_lib.abstract_train_state(c8, model, mesh8)
+    options8 = run_options(c8)
+    _, _, sh8 = state_lib.abstract_train_state(options8, model, mesh8)
     if fsdp:
       specs = [s.spec for s in jax.tree.leaves(sh8.params)]
       assert any(shd.DATA in tuple(spec) for spec in specs)  # some parameters really are split
-    step8 = state_lib.make_train_step(c8, model, tx, mesh8, sh8)
+    step8 = state_lib.make_train_step(options8.loss, model, tx, mesh8, sh8)
     got, got_losses = _run(step8, jax.device_put(tiny["host_state"], sh8), batches)
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
     got = jax.device_get(got)
@@ -147,9 +150,10 @@ def test_padded_short_batch_step_on_8_devices_equals_the_short_batch_on_1_device
   padded = {k: v[rows] for k, v in short.items()} | {"valid": np.arange(16) < n}
   want, want_metrics = tiny["step1"](jax.device_put(tiny["host_state"], tiny["sh1"]), short)
   mesh8 = shd.create_mesh()
-  _, _, sh8 = state_lib.abstract_train_state(c, model, mesh8)
-  got, got_metrics = state_lib.make_train_step(c, model, tx, mesh8, sh8)(jax.device_put(tiny["host_state"], sh8),
-                                                                         padded)
+  options = run_options(c)
+  _, _, sh8 = state_lib.abstract_train_state(options, model, mesh8)
+  got, got_metrics = state_lib.make_train_step(options.loss, model, tx, mesh8, sh8)(
+      jax.device_put(tiny["host_state"], sh8), padded)
   assert len(jax.tree.leaves(got.params)[0].sharding.device_set) == 8
   np.testing.assert_allclose(float(got_metrics["loss"]), float(want_metrics["loss"]), rtol=1e-5)
   unpadded_loss = float(tiny["step1"](jax.device_put(tiny["host_state"], tiny["sh1"]),
@@ -226,8 +230,9 @@ def test_cuhk_recipe_end_to_end_and_eval_mode(tmp_path):
 
 def _final_state(workdir, config, steps_per_epoch=1):
   c = config_checks.resolve_config(config, num_classes=3)
-  model = build_model(c)
-  abstract, _, _ = state_lib.abstract_train_state(c, model, shd.create_mesh(), steps_per_epoch=steps_per_epoch)
+  options = run_options(c)
+  abstract, _, _ = state_lib.abstract_train_state(options, build_model(options), shd.create_mesh(),
+                                                  steps_per_epoch=steps_per_epoch)
   ckpt = checkpointing.Checkpointer(workdir, async_save=False)
   state, meta = ckpt.restore(abstract)
   ckpt.close()
@@ -306,7 +311,7 @@ def test_mesh_config_shapes_fsdp_axis_and_errors(tiny):
   # Params are split over "fsdp" only (replicated over "data"); the batch over every device.
   mesh = shd.create_mesh(data=4, fsdp=2)
   c.train.fsdp_min_size = 1
-  _, _, sh = state_lib.abstract_train_state(c, tiny["model"], mesh)
+  _, _, sh = state_lib.abstract_train_state(run_options(c), tiny["model"], mesh)
   specs = [tuple(s.spec) for s in jax.tree.leaves(sh.params)]
   assert any(shd.FSDP in spec for spec in specs) and not any(shd.DATA in spec for spec in specs)
   assert shd.batch_sharding(mesh).spec == jax.sharding.PartitionSpec(("data", "fsdp"))
@@ -319,9 +324,10 @@ def test_step_on_data_by_fsdp_mesh_equals_step_on_1_device(tiny):
   batches = [random_batch(c, 16, seed=s) for s in (5, 6)]
   want, want_losses = _run(tiny["step1"], jax.device_put(tiny["host_state"], tiny["sh1"]), batches)
   mesh = shd.mesh_from_config(c)
-  _, _, sh = state_lib.abstract_train_state(c, model, mesh)
-  got, got_losses = _run(state_lib.make_train_step(c, model, tx, mesh, sh), jax.device_put(tiny["host_state"], sh),
-                         batches)
+  options = run_options(c)
+  _, _, sh = state_lib.abstract_train_state(options, model, mesh)
+  got, got_losses = _run(state_lib.make_train_step(options.loss, model, tx, mesh, sh),
+                         jax.device_put(tiny["host_state"], sh), batches)
   np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
   leaf = jax.tree.leaves(got.params)[0]
   assert len(leaf.sharding.device_set) == 8

@@ -45,6 +45,9 @@ def check_train_batch(batch: Mapping[str, object], needed: tuple[str, ...] = TRA
 def fake_train_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
   """A valid train batch of the contract's shapes: normal images, captions of random length, 15 % MLM masking.
 
+  config: a run config or its ``training.options.Options`` (both have data.image_size, data.context_length,
+  model.num_classes, model.backbone, model.bert.vocab_size).
+
   pids are drawn in [0, config.model.num_classes) (1 class when it is not set yet). With a BERT text backbone
   (``config.model.backbone`` other than "clip") the ids are drawn in [1, config.model.bert.vocab_size), unmasked.
   """
@@ -61,7 +64,7 @@ def fake_train_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.nda
   chosen = eligible & (rng.random(ids.shape) < 0.15)
   labels = np.where(chosen, ids, 0).astype(np.int32)
   num_classes = max(int(config.model.num_classes or 1), 1)
-  if config.model.get("backbone", "clip") != "clip":  # BERT ids: random word pieces, no MLM masking path
+  if getattr(config.model, "backbone", "clip") != "clip":  # BERT ids: random word pieces, no MLM masking path
     ids = np.where(ids > 0, rng.integers(1, int(config.model.bert.vocab_size), size=ids.shape), 0).astype(np.int32)
     chosen, labels = np.zeros(ids.shape, bool), np.zeros(ids.shape, np.int32)
   return {"images": rng.standard_normal(shapes["images"][0], dtype=np.float32), "caption_ids": ids,

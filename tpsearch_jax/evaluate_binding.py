@@ -15,7 +15,7 @@ from absl import logging
 from tpsearch_jax import binding
 from tpsearch_jax.data import preprocess
 from tpsearch_jax.data.synthetic import truth
-from tpsearch_jax.models import backbones, model_options
+from tpsearch_jax.models import CLIPConfig, ModelOptions, backbones
 from tpsearch_jax.models.text_tokenizers import caption_tokenizer
 
 PART_OF_REGION = {"hair": "head", "hat": "head", "glasses": "head", "upper": "upper", "lower": "lower",
@@ -24,9 +24,10 @@ COVERS = 0.3  # a stripe covers the regions spanning at least this share of its 
 BATCH = 32
 
 
-def applies(config) -> bool:
-  """Whether the binding measures are reported: a part model on synthetic_pedes, one process."""
-  return config.data.name == "synthetic_pedes" and bool(config.model.get("use_parts")) and jax.process_count() == 1
+def applies(model_options: ModelOptions, data) -> bool:
+  """Whether the binding measures are reported: a part model (``model_options.use_parts``) on synthetic_pedes
+  (``data``: the run's data options / ``config.data``), one process."""
+  return data.name == "synthetic_pedes" and model_options.use_parts and jax.process_count() == 1
 
 
 def _embed_all(model, params, method: str, x: np.ndarray) -> tuple[dict, dict]:
@@ -76,11 +77,13 @@ def _pieces(emb: dict) -> np.ndarray:
   return p / np.maximum(np.linalg.norm(p, axis=-1, keepdims=True), 1e-12)
 
 
-def binding_report(model, params, config, ann, split: str = "test") -> dict:
-  """{"foreground_auc", "stripe_coverage", "part_attention", "twin_gap", "coarse_cosine"} of ``split``."""
-  clip, options, _ = model_options(config)
+def binding_report(model, params, clip: CLIPConfig, options: ModelOptions, data, ann, split: str = "test") -> dict:
+  """{"foreground_auc", "stripe_coverage", "part_attention", "twin_gap", "coarse_cosine"} of ``split``.
+
+  clip, options: the run's CLIP architecture and model options (``training.options.Options.clip`` / ``.model``);
+  data: its data options (image size, normalisation, tokenizer); ann: ``annotations.Annotations`` of the dataset."""
   params = jax.device_get(params)
-  data, ev = config.data, ann.split(split)
+  ev = ann.split(split)
   meta = truth.read_meta(ann.root)
   size = tuple(int(v) for v in data.image_size)
   gh, gw = backbones.image_grid(clip, options)

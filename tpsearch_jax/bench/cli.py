@@ -20,6 +20,7 @@ from tpsearch_jax.bench import search as search_bench
 from tpsearch_jax.bench import train as train_bench
 from tpsearch_jax.bench.presets import DATASET_SIZES, PRESETS, Preset, dataset_size, method_config
 from tpsearch_jax.bench.records import Results, device_meta
+from tpsearch_jax.training.options import Options, run_options
 
 SECTIONS = ("train", "eval", "metrics", "search")
 _SIZE_HELP = f"of {','.join(DATASET_SIZES)} or QUERIESxGALLERYxIDS"
@@ -110,15 +111,16 @@ def run(args: argparse.Namespace) -> Results:
 
   attention = _resolve_attention(args)
   configs = [method_config(method, preset, args, attention) for method in methods]
+  options = [run_options(c) for c in configs]
   if not {"train", "eval"} <= skip:
-    for config in configs:
-      _bench_method(config, results, preset, args, skip)
+    for config, opts in zip(configs, options):
+      _bench_method(config, opts, results, preset, args, skip)
   if configs:
     batch_sizes = [int(c.train.batch_size) for c in configs]
     results.add_table("Analytic FLOPs per train step (forward by component)",
-                      train_bench.flops_table(configs, batch_sizes))
-    results.extras["flops"] = {c.model.name: {"batch_size": b, **flops.train_step_flops(c, b).grouped()}
-                               for c, b in zip(configs, batch_sizes)}
+                      train_bench.flops_table(options, batch_sizes))
+    results.extras["flops"] = {o.model.name: {"batch_size": b, **flops.train_step_flops(o, b).grouped()}
+                               for o, b in zip(options, batch_sizes)}
   if "metrics" not in skip:
     print("\n[metrics]", flush=True)
     metrics_bench.bench_metrics(results, preset, args)
@@ -128,10 +130,11 @@ def run(args: argparse.Namespace) -> Results:
   return results
 
 
-def _bench_method(config, results: Results, preset: Preset, args, skip: set[str]) -> None:
-  """The train (+ profile) and eval sections of one method, on one setup."""
+def _bench_method(config, options: Options, results: Results, preset: Preset, args, skip: set[str]) -> None:
+  """The train (+ profile) and eval sections of one method (``config`` and its ``run_options``), on one setup."""
   print(f"\n[{config.model.name}]", flush=True)
-  s = train_bench.setup_with_fallback(config, compile_now="train" not in skip, auto=args.attention == "auto")
+  s = train_bench.setup_with_fallback(config, options, compile_now="train" not in skip,
+                                      auto=args.attention == "auto")
   if "train" not in skip:
     train_bench.bench_train(s, results, preset, args)
     if args.profile_dir:

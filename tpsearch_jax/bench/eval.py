@@ -30,14 +30,14 @@ def bench_eval(s: MethodSetup, results: Results, preset: Preset, args) -> None:
   """Encoding throughput (images/s, texts/s) and end-to-end test evaluations with the project's Evaluator."""
   config = s.config
   eb = int(config.eval.batch_size)
-  cfg = config_summary(config, eval_batch_size=eb)
+  cfg = config_summary(config, s.options, eval_batch_size=eb)
   cfg.pop("batch_size")
   name = f"eval/{config.model.name}"
   evaluator = evaluate.Evaluator(s.model, s.mesh, s.shardings.params, block_size=int(config.eval.block_size))
   rng = np.random.default_rng(1)
   h, w = config.data.image_size
   images = rng.standard_normal((eb, h, w, 3), dtype=np.float32)  # [eb, H, W, 3]
-  ids = batch_lib.fake_train_batch(config, eb, seed=1)["caption_ids"]  # [eb, L]
+  ids = batch_lib.fake_train_batch(s.options, eb, seed=1)["caption_ids"]  # [eb, L]
   params = s.state.params
   nb = int(args.eval_batches or preset.eval_batches)
   windows = int(args.windows or preset.windows)

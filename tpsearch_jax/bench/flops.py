@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
 
 from tpsearch_jax import masked_mlm, objectives
-from tpsearch_jax.models import backbones, model_options
+from tpsearch_jax.models import backbones
 from tpsearch_jax.models.bert import BertConfig
 from tpsearch_jax.models.clip import CLIPConfig
 from tpsearch_jax.models.resnet import ResNetConfig
 from tpsearch_jax.models.vit import ViTConfig
+from tpsearch_jax.training.options import Options
 
 # Backward/forward FLOP ratio per breakdown entry: 2 (input grad + weight grad) unless listed here.
 _BACKWARD_RATIO_OVERRIDES = {"vision/patch_embed": 1.0}  # images carry no gradient: weight grad only
@@ -203,16 +203,17 @@ def _add(into: dict[str, float], more: Mapping[str, float]) -> None:
     into[k] = into.get(k, 0.0) + v
 
 
-def train_step_flops(config: Any, batch_size: int) -> StepFlops:
-  """Analytic FLOPs of one training step of ``config`` (config.model / config.loss layout) at global ``batch_size``.
+def train_step_flops(options: Options, batch_size: int) -> StepFlops:
+  """Analytic FLOPs of one training step of the run ``options`` (``training.options.run_options``) at global
+  ``batch_size``.
 
-  Built from the same method description as the model (``model_options`` + ``objectives.required_heads``): the image
+  Built from the same method description as the model (``build_model`` + ``objectives.required_heads``): the image
   tower once; the text tower on the captions, and again on the
   masked ids when the MLM loss is on; cross-former + MLM head at all L positions; the shared classifier on every
   embedding piece of both modalities; one B×B similarity per global objective, per triplet-ranked embedding and per
   CMR part; EFA's per-pair aggregation and all-pairs set similarity; the part model's encoders and shared decoder.
   """
-  clip, opts, lo = model_options(config)
+  clip, opts, lo = options.clip, options.model, options.loss
   heads = objectives.required_heads(lo)
   b = float(batch_size)
   length, embed = clip.context_length, backbones.joint_dim(clip, opts)
@@ -222,7 +223,7 @@ def train_step_flops(config: Any, batch_size: int) -> StepFlops:
     forward = _prefixed("vision", vision_tower(clip), b)
     forward.update(_prefixed("text", text_tower(clip), b))
   else:
-    length = int(config["data"]["context_length"])
+    length = int(options.data.context_length)
     image = (vit_tower(opts.vit, clip.image_size, embed) if opts.backbone == "vit_bert"
              else resnet_tower(opts.resnet, clip.image_size, embed))
     forward = _prefixed("vision", image, b)

@@ -9,9 +9,10 @@ from typing import Any
 
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.configs import base
-from tpsearch_jax.models import backbones, model_options
+from tpsearch_jax.models import backbones
 from tpsearch_jax.models import presets as model_presets
 from tpsearch_jax.training.config_checks import resolve_config
+from tpsearch_jax.training.options import Options
 
 # (gallery images, query captions, identities) of the test splits.
 DATASET_SIZES = {
@@ -127,14 +128,14 @@ def method_config(method: str, preset: Preset, args, attention: str = "xla") -> 
   return resolve_config(config)
 
 
-def config_summary(config, **extra) -> dict:
-  """The record config of a method run: method, batch, dtype, remat, fsdp, attention and the model's size."""
-  c = config.model.clip
+def config_summary(config, options: Options, **extra) -> dict:
+  """The record config of a method run (``config`` and its ``run_options``): method, batch, dtype, remat, fsdp,
+  attention and the model's size."""
+  c = options.clip
   model = (f"ViT w{c.vision_width}×{c.vision_layers} p{c.patch_size} @ {c.image_size[0]}×{c.image_size[1]}, "
            f"text w{c.text_width}×{c.text_layers}, E{c.embed_dim}")
-  if config.model.get("backbone", "clip") != "clip":
-    clip, options, _ = model_options(config)
-    model = backbones.summary(clip, options)
+  if options.model.backbone != "clip":
+    model = backbones.summary(c, options.model)
   return {"method": config.model.name, "batch_size": int(config.train.batch_size), "dtype": config.model.dtype,
           "remat": bool(config.model.remat), "fsdp": bool(config.train.fsdp), "mlm_head": config.loss.mlm_head,
           "attention": config.model.attention_impl or "xla",

@@ -17,15 +17,18 @@ from tpsearch_jax.bench.records import Results, add_peak_memory, median_time
 from tpsearch_jax.models import build_model
 from tpsearch_jax.training import state as state_lib
 from tpsearch_jax.training.config_checks import check_parallelism
+from tpsearch_jax.training.options import Options, run_options
 
 _LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class MethodSetup:
-  """A method ready to run: model, mesh, sharded TrainState, the jitted step and one global train batch."""
+  """A method ready to run: its config and options, model, mesh, sharded TrainState, the jitted step and one global
+  train batch."""
 
   config: Any
+  options: Options
   model: Any
   mesh: Any
   state: Any
@@ -36,15 +39,16 @@ class MethodSetup:
   compile_time: float | None = None
 
 
-def setup_method(config, seed: int = 0) -> MethodSetup:
-  """Model, sharded TrainState and the jitted train step on a fake global batch (no compilation yet)."""
+def setup_method(config, options: Options, seed: int = 0) -> MethodSetup:
+  """Model, sharded TrainState and the jitted train step of ``config`` (resolved; ``options``: its ``run_options``)
+  on a fake global batch (no compilation yet)."""
   mesh = sharding.create_mesh()
   check_parallelism(config, mesh)
-  model = build_model(config)
-  batch_np = batch_lib.fake_train_batch(config, int(config.train.batch_size), seed)
-  state, tx, shardings = state_lib.create_train_state(config, model, mesh, jax.random.PRNGKey(seed), batch_np)
-  step = state_lib.make_train_step(config, model, tx, mesh, shardings)
-  return MethodSetup(config, model, mesh, state, shardings, step, sharding.to_global(batch_np, mesh))
+  model = build_model(options)
+  batch_np = batch_lib.fake_train_batch(options, int(config.train.batch_size), seed)
+  state, tx, shardings = state_lib.create_train_state(options, model, mesh, jax.random.PRNGKey(seed), batch_np)
+  step = state_lib.make_train_step(options.loss, model, tx, mesh, shardings)
+  return MethodSetup(config, options, model, mesh, state, shardings, step, sharding.to_global(batch_np, mesh))
 
 
 def compile_step(s: MethodSetup) -> None:
@@ -54,11 +58,12 @@ def compile_step(s: MethodSetup) -> None:
   s.compile_time = time.perf_counter() - t0
 
 
-def setup_with_fallback(config, compile_now: bool, auto: bool) -> MethodSetup:
-  """setup_method (+ the step's compilation); cuDNN attention chosen by "auto" falls back to XLA if it fails."""
+def setup_with_fallback(config, options: Options, compile_now: bool, auto: bool) -> MethodSetup:
+  """setup_method (+ the step's compilation); cuDNN attention chosen by "auto" falls back to XLA if it fails (the
+  config changes, so its options are read again)."""
   cudnn = auto and config.model.attention_impl == "cudnn"
   try:
-    s = setup_method(config)
+    s = setup_method(config, options)
     if compile_now or cudnn:
       compile_step(s)
     return s
@@ -68,7 +73,7 @@ def setup_with_fallback(config, compile_now: bool, auto: bool) -> MethodSetup:
     _LOG.warning("cuDNN attention failed here (%s: %s); using XLA attention", type(e).__name__, e)
   with config.unlocked():
     config.model.attention_impl = None
-  s = setup_method(config)
+  s = setup_method(config, run_options(config))
   if compile_now:
     compile_step(s)
   return s
@@ -99,7 +104,7 @@ def _xla_flops(compiled) -> float | None:
 def bench_train(s: MethodSetup, results: Results, preset: Preset, args) -> None:
   """Compile time, steady-state step time, memory, FLOPs and MFU of the train step on the setup's mesh."""
   config = s.config
-  cfg = config_summary(config)
+  cfg = config_summary(config, s.options)
   name = f"train/{config.model.name}"
   b = int(config.train.batch_size)
   if s.compiled is None:
@@ -135,7 +140,7 @@ def bench_train(s: MethodSetup, results: Results, preset: Preset, args) -> None:
   results.add(f"{name}/compiled_memory", None if need is None else need / 2 ** 30, "GiB", cfg,
               "XLA memory analysis of the step: arguments + outputs + temporaries − donated, per device")
 
-  counted = flops.train_step_flops(config, b)
+  counted = flops.train_step_flops(s.options, b)
   results.add(f"{name}/flops_per_step", counted.train_total, "FLOP", cfg,
               "analytic model FLOPs (matmuls, fwd + bwd, no remat recompute)")
   results.add(f"{name}/flops_per_sample", counted.per_sample, "FLOP", cfg, "analytic")
@@ -154,14 +159,14 @@ def bench_train(s: MethodSetup, results: Results, preset: Preset, args) -> None:
   s.state = state
 
 
-def flops_table(configs: Sequence[Any], batch_sizes: Sequence[int]) -> str:
-  """Markdown: analytic forward FLOPs per step by component for each config, plus fwd+bwd totals."""
-  counts = [flops.train_step_flops(c, b) for c, b in zip(configs, batch_sizes)]
+def flops_table(options: Sequence[Options], batch_sizes: Sequence[int]) -> str:
+  """Markdown: analytic forward FLOPs per step by component for each method's ``options``, plus fwd+bwd totals."""
+  counts = [flops.train_step_flops(o, b) for o, b in zip(options, batch_sizes)]
   groups = []
   for c in counts:
     groups += [g for g in c.grouped() if g not in groups]
-  head = "| component (forward) | " + " | ".join(f"{c.model.name} B={b}" for c, b in zip(configs, batch_sizes)) + " |"
-  lines = [head, "|---|" + "---:|" * len(configs)]
+  head = "| component (forward) | " + " | ".join(f"{o.model.name} B={b}" for o, b in zip(options, batch_sizes)) + " |"
+  lines = [head, "|---|" + "---:|" * len(options)]
   for g in groups:
     lines.append(f"| {g} | " + " | ".join(f"{c.grouped().get(g, 0.0):.4g}" for c in counts) + " |")
   lines.append("| **forward total** | " + " | ".join(f"{c.forward_total:.4g}" for c in counts) + " |")

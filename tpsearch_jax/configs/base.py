@@ -140,6 +140,10 @@ def get_config(method: str = "irra") -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       select_on=config_dict.FieldReference("val", field_type=str),  # "val" | "test" (reproduction only) | "none"
       splits=("val", "test"),  # evaluated at the end with the selected checkpoint
+      # Query subsets of the test split, each reported as a row "test_<name>" against the same gallery where the
+      # dataset defines it (training/setup.py QUERY_SUBSETS): "hard" = synthetic_pedes' hard queries
+      # (data/synthetic/hard_subset.py). () = none.
+      subsets=("hard",),
       batch_size=512,  # global
       every_epochs=1,
       block_size=1024,  # query block of the on-device metric computation

@@ -1,4 +1,5 @@
-"""Model registry: ``build_model(config)`` turns ``config.model`` / ``config.loss`` into the retrieval module.
+"""Model registry: ``method_options(config)`` reads ``config.model`` / ``config.loss`` into frozen options once;
+``build_model(options)`` turns them into the retrieval module.
 
 Keys missing from the config take the method preset's value (``presets.method_preset(config.model.name)``); keys
 the model does not know raise an error naming them.
@@ -6,6 +7,7 @@ the model does not know raise an error naming them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import jax
@@ -59,8 +61,18 @@ def check_options(clip: CLIPConfig, model: ModelOptions, loss: LossOptions) -> N
   check_model_options(clip, model, objectives.required_heads(loss))
 
 
-def model_options(config) -> tuple[CLIPConfig, ModelOptions, LossOptions]:
-  """config (ConfigDict or nested mapping with "model" and "loss") → frozen (CLIPConfig, ModelOptions, LossOptions)."""
+@dataclasses.dataclass(frozen=True)
+class MethodOptions:
+  """What a method is: the CLIP tower's architecture (also the image / text sizes of the paper backbones), the
+  retrieval model's options and the loss options (which decide the heads)."""
+
+  clip: CLIPConfig
+  model: ModelOptions
+  loss: LossOptions
+
+
+def method_options(config) -> MethodOptions:
+  """config (ConfigDict or nested mapping with "model" and "loss") → frozen, checked ``MethodOptions``."""
   model_cfg = _plain(config["model"], "config.model")
   loss_cfg = _plain(config["loss"], "config.loss") if "loss" in config else {}
   name = model_cfg.get("name")
@@ -93,10 +105,9 @@ def model_options(config) -> tuple[CLIPConfig, ModelOptions, LossOptions]:
                                           attention_impl=backbone.get("attention_impl")))
   options = ModelOptions(**model)
   check_options(clip_config, options, loss)
-  return clip_config, options, loss
+  return MethodOptions(clip_config, options, loss)
 
 
-def build_model(config) -> RetrievalModel:
-  """config.model / config.loss → ``RetrievalModel`` with the heads its losses need."""
-  clip, options, loss = model_options(config)
-  return RetrievalModel(clip, options, objectives.required_heads(loss))
+def build_model(options: MethodOptions) -> RetrievalModel:
+  """``method_options(config)`` (or a run's ``Options``) → ``RetrievalModel`` with the heads its losses need."""
+  return RetrievalModel(options.clip, options.model, objectives.required_heads(options.loss))

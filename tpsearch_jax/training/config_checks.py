@@ -16,16 +16,18 @@ SELECT_CHOICES = ("val", "test", "none")
 
 
 def resolve_config(config: ml_collections.ConfigDict, num_classes: int | None = None) -> ml_collections.ConfigDict:
-  """Copy of ``config`` with "auto" dtype resolved and ``model.num_classes`` filled from the data; validates."""
+  """Copy of ``config`` with its derived fields filled, then validated: "auto" dtype resolved,
+  ``data.tokenizer_path`` from a BERT folder in ``init.bert``, and (with ``num_classes``) ``model.num_classes``
+  (``fill_num_classes``). Resolving a resolved config changes nothing."""
   c = config.copy_and_resolve_references()
   with c.unlocked():
     c.model.dtype = resolve_dtype(c.model.dtype)
-    if num_classes is not None:
-      if c.model.num_classes is None:
-        c.model.num_classes = int(num_classes)
-      elif c.model.num_classes != num_classes:
-        raise UserError(f"config.model.num_classes={c.model.num_classes} but the training split has {num_classes} "
-                         "identities; leave it unset to use the data's count")
+    bert_init = c.init.get("bert")
+    if (c.model.get("backbone", "clip") != "clip" and not c.data.get("tokenizer_path") and bert_init
+        and os.path.isdir(bert_init)):
+      c.data.tokenizer_path = bert_init  # the folder's vocab.txt
+  if num_classes is not None:
+    c = fill_num_classes(c, num_classes)
   _check_text_side(c)
   h, w = c.data.image_size
   p = c.model.clip.patch_size
@@ -50,8 +52,19 @@ def resolve_config(config: ml_collections.ConfigDict, num_classes: int | None = 
   return c
 
 
+def fill_num_classes(config: ml_collections.ConfigDict, num_classes: int) -> ml_collections.ConfigDict:
+  """Copy of ``config`` with ``model.num_classes`` = the training split's identity count (a set value must agree)."""
+  if config.model.num_classes is not None and config.model.num_classes != num_classes:
+    raise UserError(f"config.model.num_classes={config.model.num_classes} but the training split has {num_classes} "
+                     "identities; leave it unset to use the data's count")
+  c = ml_collections.ConfigDict(config)  # a deep copy
+  with c.unlocked():
+    c.model.num_classes = int(num_classes)
+  return c
+
+
 def _check_text_side(c: ml_collections.ConfigDict) -> None:
-  """Tokenizer vs backbone; fills data.tokenizer_path from a BERT folder in init.bert; frozen ResNet statistics."""
+  """Tokenizer vs backbone, BERT context length, frozen ResNet statistics (reads only)."""
   backbone, tokenizer = c.model.get("backbone", "clip"), c.data.get("tokenizer", "clip") or "clip"
   want = "clip" if backbone == "clip" else "bert"
   if tokenizer != want:
@@ -62,9 +75,6 @@ def _check_text_side(c: ml_collections.ConfigDict) -> None:
   if c.data.context_length > c.model.bert.max_position_embeddings:
     raise UserError(f"config.data.context_length={c.data.context_length} exceeds BERT's "
                      f"config.model.bert.max_position_embeddings={c.model.bert.max_position_embeddings}")
-  bert_init = c.init.get("bert")
-  if not c.data.get("tokenizer_path") and bert_init and os.path.isdir(bert_init):
-    c.data.tokenizer_path = bert_init  # the folder's vocab.txt
   _check_frozen_stats(c)
 
 

@@ -17,6 +17,7 @@ from etils import epath
 from tpsearch_jax import evaluate as eval_lib
 from tpsearch_jax.training import checkpointing as ckpt_lib
 from tpsearch_jax.training import resume_checks, runs
+from tpsearch_jax.training.config_checks import resolve_config
 from tpsearch_jax.training.setup import build_setup, has_pretrained, initial_state, write_config
 from tpsearch_jax.user_errors import UserError
 
@@ -49,7 +50,7 @@ def evaluate_only(config: ml_collections.ConfigDict | None, workdir: str) -> dic
   if not has_run and not has_pretrained(config):
     raise UserError(f"{workdir} holds no run (no config.json, no checkpoints/ or best/): pass a training run's folder "
                     "as --workdir, or set config.init.clip (or init.bert/vit/resnet/run) to evaluate imported weights")
-  s = build_setup(config, train=False)
+  s = build_setup(resolve_config(config), train=False)
   config = s.config
   which = config.eval.checkpoint
   found = None

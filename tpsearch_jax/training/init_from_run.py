@@ -25,6 +25,7 @@ from tpsearch_jax.training import checkpointing as ckpt_lib
 from tpsearch_jax.training import optim
 from tpsearch_jax.training import runs
 from tpsearch_jax.training import state as state_lib
+from tpsearch_jax.training.options import run_options
 from tpsearch_jax.user_errors import UserError
 
 
@@ -45,8 +46,9 @@ def restore_run_params(spec: str, mesh) -> tuple[Any, str, int]:
     config = runs.read_config(workdir)
   except FileNotFoundError as e:
     raise UserError(f"config.init.run: {e}") from None
-  model = build_model(config)
-  abstract, _, _ = state_lib.abstract_train_state(config, model, mesh)
+  options = run_options(config)
+  model = build_model(options)
+  abstract, _, _ = state_lib.abstract_train_state(options, model, mesh)
   if step is None:
     choice = "auto"
   else:

@@ -183,7 +183,9 @@ def lr_factor(t, num_epochs: int, warmup_epochs: int, warmup_factor: float, name
 
 
 def make_schedule(config, steps_per_epoch: int) -> Callable[[Any], jax.Array]:
-  """Learning rate as a function of the optimizer step (int scalar) → float32 scalar (base group, lr × 1)."""
+  """Learning rate as a function of the optimizer step (int scalar) → float32 scalar (base group, lr × 1).
+
+  config: anything with the ``schedule`` and ``optim`` sections (a run config, ``training.options.Options``)."""
   if steps_per_epoch <= 0:
     raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
   s, base = config.schedule, float(config.optim.lr)
@@ -237,7 +239,8 @@ def _scale_by_group_lr(optim_config) -> optax.GradientTransformation:
 
 
 def create_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam(b1, b2, eps) with L2 decay, per-group lr multipliers and the epoch schedule, from ``config.optim``."""
+  """Adam(b1, b2, eps) with L2 decay, per-group lr multipliers and the epoch schedule, from ``config.optim`` and
+  ``config.schedule`` (a run config or ``training.options.Options``)."""
   o = config.optim
   if o.name != "adam":
     raise ValueError(f"config.optim.name={o.name!r}: only 'adam' (the reference optimizer) is implemented")

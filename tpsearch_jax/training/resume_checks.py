@@ -33,8 +33,8 @@ OPERATIONAL = frozenset({
 _FREE = OPERATIONAL | {
     "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints", "train.async_checkpointing",
     "train.prefetch", "train.profile", "train.allow_config_change", "train.stall_timeout_s", "train.num_steps",
-    "train.fsdp", "train.fsdp_min_size", "mesh.", "init.", "eval.splits", "eval.batch_size", "eval.block_size",
-    "eval.checkpoint", "eval.every_epochs",
+    "train.fsdp", "train.fsdp_min_size", "mesh.", "init.", "eval.splits", "eval.subsets", "eval.batch_size",
+    "eval.block_size", "eval.checkpoint", "eval.every_epochs",
 }
 # Fields that decide the state tree (or which data the ids refer to): never changed within one run.
 _STRUCTURAL = ("model.", "data.name", "data.image_size", "data.context_length", "data.tokenizer", "data.synthetic.")

@@ -20,6 +20,7 @@ from tpsearch_jax import sharding as shd
 from tpsearch_jax.models import build_model
 from tpsearch_jax.training import checkpointing as ckpt_lib
 from tpsearch_jax.training import state as state_lib
+from tpsearch_jax.training.options import run_options
 from tpsearch_jax.user_errors import UserError, first_line
 
 CONFIG_FILE = "config.json"
@@ -97,8 +98,9 @@ def load_run(workdir: str, checkpoint: str = "auto", *, config: ml_collections.C
   ``config.train.fsdp``). Raises FileNotFoundError naming what was looked for."""
   config = read_config(workdir) if config is None else config
   mesh = shd.create_mesh() if mesh is None else mesh
-  model = build_model(config)
-  abstract, _, _ = state_lib.abstract_train_state(config, model, mesh)
+  options = run_options(config)
+  model = build_model(options)
+  abstract, _, _ = state_lib.abstract_train_state(options, model, mesh)
   found = restore_params(abstract, workdir, checkpoint)
   if found is None:
     looked = ", ".join(ckpt_lib.CHOICES.get(checkpoint, (checkpoint,)))

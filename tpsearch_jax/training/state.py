@@ -3,7 +3,8 @@
 ``abstract_train_state`` gives the state's shapes and shardings without allocating; ``create_train_state``
 initialises it on a mesh (optionally with pretrained CLIP weights); ``make_train_step`` returns the jitted
 ``(state, global batch) → (state, metrics)`` with the state donated. The step applies the model, then
-``objectives.compute_losses``.
+``objectives.compute_losses``. They take the run's ``training.options.Options`` (or the part of it they need), not
+the config.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import optax
 from tpsearch_jax import batch as batch_lib
 from tpsearch_jax import objectives
 from tpsearch_jax import sharding as shd
-from tpsearch_jax.models import model_options
+from tpsearch_jax.objectives import LossOptions
 from tpsearch_jax.training import checkpointing as ckpt_lib
 from tpsearch_jax.training import optim
+from tpsearch_jax.training.options import Options
 
 INIT_BATCH_SIZE = 2  # parameter shapes do not depend on the batch size
 
@@ -43,23 +45,24 @@ def _init_fn(model, batch):
   return init
 
 
-def _init_batch(config, example_batch: Mapping[str, np.ndarray] | None) -> dict[str, jax.Array]:
+def _init_batch(options: Options, example_batch: Mapping[str, np.ndarray] | None) -> dict[str, jax.Array]:
   if example_batch is None:
-    example_batch = batch_lib.fake_train_batch(config, INIT_BATCH_SIZE)
+    example_batch = batch_lib.fake_train_batch(options, INIT_BATCH_SIZE)
   return {k: jnp.asarray(v) for k, v in example_batch.items()}
 
 
-def abstract_train_state(config, model, mesh, example_batch: Mapping[str, np.ndarray] | None = None, *,
+def abstract_train_state(options: Options, model, mesh, example_batch: Mapping[str, np.ndarray] | None = None, *,
                          steps_per_epoch: int = 1):
   """(abstract TrainState of ShapeDtypeStructs with shardings, tx, state shardings) — nothing allocated.
 
-  Params and optimizer state are FSDP-sharded over the mesh's "fsdp" axis when it has several devices (arrays of at
-  least ``config.train.fsdp_min_size`` elements), else replicated (``sharding.tree_shardings``)."""
-  tx = optim.create_optimizer(config, steps_per_epoch)
+  The optimizer is ``options.optim`` / ``options.schedule``'s. Params and optimizer state are FSDP-sharded over the
+  mesh's "fsdp" axis when it has several devices (arrays of at least ``options.fsdp_min_size`` elements), else
+  replicated (``sharding.tree_shardings``)."""
+  tx = optim.create_optimizer(options, steps_per_epoch)
   rng = jax.random.PRNGKey(0)
-  params = jax.eval_shape(_init_fn(model, _init_batch(config, example_batch)), rng)
+  params = jax.eval_shape(_init_fn(model, _init_batch(options, example_batch)), rng)
   opt_state = jax.eval_shape(tx.init, params)
-  fsdp, min_size = bool(config.train.fsdp), int(config.train.fsdp_min_size)
+  fsdp, min_size = options.fsdp, options.fsdp_min_size
   rep = shd.replicated(mesh)
   shardings = TrainState(step=rep, params=shd.tree_shardings(mesh, params, fsdp, min_size),
                          opt_state=shd.tree_shardings(mesh, opt_state, fsdp, min_size), rng=rep)
@@ -68,19 +71,20 @@ def abstract_train_state(config, model, mesh, example_batch: Mapping[str, np.nda
   return ckpt_lib.abstract_with_shardings(abstract, shardings), tx, shardings
 
 
-def create_train_state(config, model, mesh, rng: jax.Array, example_batch: Mapping[str, np.ndarray] | None = None,
-                       *, steps_per_epoch: int = 1, clip_params: Mapping | None = None,
-                       pretrained: Mapping[str, Any] | None = None):
-  """Initialised TrainState on ``mesh`` → (state, tx, state shardings).
+def create_train_state(options: Options, model, mesh, rng: jax.Array,
+                       example_batch: Mapping[str, np.ndarray] | None = None, *, steps_per_epoch: int = 1,
+                       clip_params: Mapping | None = None, pretrained: Mapping[str, Any] | None = None):
+  """Initialised TrainState on ``mesh`` → (state, tx, state shardings) (optimizer and sharding as
+  ``abstract_train_state``).
 
   rng: PRNGKey uint32 [2] (params, then the per-step keys fold in the step). example_batch: any batch of the batch
   contract's shapes (default: ``batch.fake_train_batch``). clip_params: pretrained ``params["clip"]`` subtree (numpy)
   to replace the random one. pretrained: {top-level param name: numpy subtree} replacing those subtrees (the paper
   backbones' ``image_backbone`` / ``text_backbone``).
   """
-  abstract, tx, shardings = abstract_train_state(config, model, mesh, example_batch, steps_per_epoch=steps_per_epoch)
+  abstract, tx, shardings = abstract_train_state(options, model, mesh, example_batch, steps_per_epoch=steps_per_epoch)
   k_init, k_state = jax.random.split(rng)
-  params = jax.jit(_init_fn(model, _init_batch(config, example_batch)), out_shardings=shardings.params)(k_init)
+  params = jax.jit(_init_fn(model, _init_batch(options, example_batch)), out_shardings=shardings.params)(k_init)
   pretrained = dict(pretrained or {})
   if clip_params is not None:
     pretrained["clip"] = clip_params
@@ -106,15 +110,14 @@ def place_like(tree, abstract, shardings, what: str = "params"):
   return jax.tree.map(lambda a, x, s: jax.device_put(np.asarray(x, a.dtype), s), abstract, tree, shardings)
 
 
-def make_train_step(config, model, tx, mesh, state_sharding) -> Callable:
-  """jit((state, global batch) → (state, metrics)) with the state donated; the losses are ``config.loss``'s.
+def make_train_step(loss_options: LossOptions, model, tx, mesh, state_sharding) -> Callable:
+  """jit((state, global batch) → (state, metrics)) with the state donated; the losses are ``loss_options``'.
 
   metrics: {"loss", each loss term and accuracy, "grad_norm", "param_norm", "finite"}, all replicated scalars;
   "finite" (bool) is whether every term, the gradient norm and the updated parameters' norm are finite, i.e.
   whether the returned state may be saved. The batch may be process-local numpy (converted here) or global
   jax.Arrays.
   """
-  loss_options = model_options(config)[2]
   batch_sh = shd.batch_sharding(mesh)
 
   def step_fn(state: TrainState, batch):

@@ -90,7 +90,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns {"preempted": True, "step": n} without the final evaluation when stopped by SIGTERM.
   """
   workdir = ckpt_lib.resolve_dir(workdir)
-  resume_checks.check_run_identity(resolve_config(config), workdir)  # before anything is written
+  config = resolve_config(config)
+  resume_checks.check_run_identity(config, workdir)  # before anything is written
   s = build_setup(config, train=True)  # the input pipeline hides the GPUs from TF before CLU starts it
   for note in ckpt_lib.quarantined(workdir):
     logging.warning("quarantined: %s", note)
@@ -168,8 +169,8 @@ def _train_loop(s: Setup, workdir, writer, checkpointer, state, step: int, best:
   stop_step = min(total_steps, int(config.train.num_steps)) if config.train.num_steps > 0 else total_steps
   logging.info("%d train captions (%d skipped), %d steps/epoch, training steps %d..%d of %d",
                s.train_data.num_examples, s.train_data.num_skipped, s.steps_per_epoch, step, stop_step, total_steps)
-  train_step = state_lib.make_train_step(config, s.model, s.tx, mesh, s.shardings)
-  schedule = optim.make_schedule(config, s.steps_per_epoch)
+  train_step = state_lib.make_train_step(s.options.loss, s.model, s.tx, mesh, s.shardings)
+  schedule = optim.make_schedule(s.options, s.steps_per_epoch)
   log_every = max(int(config.train.log_every_steps), 1)
   ckpt_every = int(config.train.checkpoint_every_steps) or s.steps_per_epoch
   eval_every = int(config.eval.every_epochs)
