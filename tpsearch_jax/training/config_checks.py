@@ -57,7 +57,7 @@ def fill_num_classes(config: ml_collections.ConfigDict, num_classes: int) -> ml_
   if config.model.num_classes is not None and config.model.num_classes != num_classes:
     raise UserError(f"config.model.num_classes={config.model.num_classes} but the training split has {num_classes} "
                      "identities; leave it unset to use the data's count")
-  c = ml_collections.ConfigDict(config)  # a deep copy
+  c = config.copy_and_resolve_references()
   with c.unlocked():
     c.model.num_classes = int(num_classes)
   return c
