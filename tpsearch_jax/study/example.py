@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+import jax  # noqa: F401  (imported before the eval pipeline, which brings TensorFlow)
 import numpy as np
+
+from tpsearch_jax.data import annotations
+from tpsearch_jax.data.synthetic import hard_subset
+from tpsearch_jax.search import grid
+from tpsearch_jax.training import runs
 
 
 def top_k(workdir: str, split: str = "test", k: int = 5):
   """→ (EvalSplit, scores float32 [Q, G], hard query indices) of the run's selected checkpoint on ``split``."""
-  from tpsearch_jax.data import annotations
-  from tpsearch_jax.data.synthetic import hard_subset
-  from tpsearch_jax.training import runs
-
   run = runs.load_run(workdir, "auto")
   ann = annotations.read_annotations(run.config.data.name, run.config.data.root)
   data = ann.split(split)
@@ -26,9 +28,7 @@ def top_k(workdir: str, split: str = "test", k: int = 5):
 
 def split_scores(run, data) -> np.ndarray:
   """A loaded run (``runs.load_run``) + EvalSplit → float32 [Q, G] caption-image scores of its embeddings."""
-  import jax  # noqa: F401  (imported before the eval pipeline, which brings TensorFlow)
-
-  from tpsearch_jax.data.pipeline.evaluation import eval_datasets
+  from tpsearch_jax.data.pipeline.evaluation import eval_datasets  # TensorFlow: only when a run is scored
 
   images, texts = eval_datasets(data, run.config.data, int(run.config.eval.batch_size))
 
@@ -41,8 +41,6 @@ def split_scores(run, data) -> np.ndarray:
 
 def render(workdir: str, out: str, num_queries: int = 4, k: int = 5, seed: int = 0) -> str:
   """Writes the PNG of ``num_queries`` test queries (half of them from the hard subset) → its path."""
-  from tpsearch_jax.search import grid
-
   data, scores, hard = top_k(workdir, k=k)
   rng = np.random.default_rng(seed)
   easy = np.setdiff1d(np.arange(len(data.captions)), hard)

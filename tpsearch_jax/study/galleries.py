@@ -21,8 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from tpsearch_jax.data import annotations
 from tpsearch_jax.data.synthetic import generator, hard_subset
 from tpsearch_jax.metrics import grouped_retrieval_metrics
+from tpsearch_jax.study.example import split_scores
+from tpsearch_jax.training import runs
 
 POOL_IDS = 440  # 200 identities each in the pool's val and test splits (the generator needs a train share)
 POOL_FRACTIONS = (0.1, 0.45, 0.45)
@@ -105,10 +108,6 @@ def ensure_pool(root: str, num_ids: int = POOL_IDS, seed: int = POOL_SEED) -> st
 def evaluate_run(workdir: str, pool: str, ids_per_gallery: int = IDS_PER_GALLERY, repeats: int = REPEATS,
                  checkpoint: str = "auto") -> dict[str, Any]:
   """A run folder + pool folder → {"model": summary, "oracle": summary, "galleries": n, "step", "checkpoint"}."""
-  from tpsearch_jax.data import annotations
-  from tpsearch_jax.study.example import split_scores
-  from tpsearch_jax.training import runs
-
   run = runs.load_run(workdir, checkpoint)
   ann = annotations.read_annotations("synthetic_pedes", pool)
   identities = hard_subset.read_identities(pool)

@@ -19,8 +19,11 @@ import logging
 import pathlib
 
 from tpsearch_jax import user_errors
+from tpsearch_jax.models.bert.weights import convert_bert
 from tpsearch_jax.models.clip.layouts import architecture_summary
 from tpsearch_jax.models.clip.weights import convert_checkpoint
+from tpsearch_jax.models.resnet.weights import convert_resnet
+from tpsearch_jax.models.vit.weights import convert_vit
 
 KINDS = ("clip", "bert", "vit", "resnet")
 PROGRAM = "python -m tpsearch_jax.models.clip.convert"
@@ -59,9 +62,6 @@ def convert(kind: str, src: str, dst: str, image_size, vision_heads=None, text_h
   if kind == "clip":
     return architecture_summary(convert_checkpoint(src, dst, image_size, vision_heads=vision_heads,
                                                    text_heads=text_heads))
-  from tpsearch_jax.models.bert import convert_bert  # the paper backbones, imported only when converted
-  from tpsearch_jax.models.resnet import convert_resnet
-  from tpsearch_jax.models.vit import convert_vit
   if kind == "vit":
     return convert_vit(src, dst, image_size)
   return convert_bert(src, dst) if kind == "bert" else convert_resnet(src, dst)
