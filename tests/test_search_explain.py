@@ -23,6 +23,7 @@ from PIL import Image
 import search_fixtures
 from tpsearch_jax.data.synthetic import attributes as synthetic_attributes
 from tpsearch_jax.data.synthetic import render as synthetic_render
+from tpsearch_jax.data.synthetic import shots as synthetic_shots
 from tpsearch_jax.search import ann, attribution, cli, encoding, index_files, indexing, split
 from tpsearch_jax.search.index_files import BadIndex
 from tpsearch_jax.search.searcher import Searcher
@@ -150,7 +151,7 @@ def person_and_mask(seed: int):
   person mask: the pixels that change when the person is not drawn on the same background."""
   rng = np.random.default_rng(seed)
   attrs = synthetic_attributes.sample_identity(rng)
-  shot = dataclasses.replace(synthetic_render.sample_shot(rng, camera=seed % 4), noise=0.0, blur=0.0, occluder=None,
+  shot = dataclasses.replace(synthetic_shots.sample_shot(rng, camera=seed % 4), noise=0.0, blur=0.0, occluder=None,
                              colour_jitter=0, brightness=1.0, tint=(1.0, 1.0, 1.0), gradient=0.0)
   image = synthetic_render.render(attrs, shot, (96, 32))
   with mock.patch.object(synthetic_render, "_draw_person", lambda *a, **kw: None):

@@ -16,6 +16,7 @@ from PIL import Image
 from tpsearch_jax.data import read_annotations
 from tpsearch_jax.data.synthetic import attributes as sa
 from tpsearch_jax.data.synthetic import render as sr
+from tpsearch_jax.data.synthetic import shots
 from tpsearch_jax.data.synthetic import ensure, generate, main
 from tpsearch_jax.data.synthetic.captions import SYNONYMS
 
@@ -232,10 +233,10 @@ def test_attribute_frequencies_are_skewed():
     assert counts[0][1] >= 4 * counts[-1][1], (key, counts)
 
 
-PLAIN_SHOT = sr.Shot(camera=1, view="front", scale=0.9, cx=0.5, top=0.05, arm_angles=(12.0, 12.0),
-                     elbow_bends=(0.0, 0.0), leg_spread=4.0, lifted_foot=1, foot_lift=0.0, bag_side=1,
-                     brightness=1.0, tint=(1.0, 1.0, 1.0), gradient=0.0, blur=0.0, noise=0.0, occluder=None,
-                     occluder_extent=0.0, quality=95, colour_jitter=0, seed=0)
+PLAIN_SHOT = shots.Shot(camera=1, view="front", scale=0.9, cx=0.5, top=0.05, arm_angles=(12.0, 12.0),
+                        elbow_bends=(0.0, 0.0), leg_spread=4.0, lifted_foot=1, foot_lift=0.0, bag_side=1,
+                        brightness=1.0, tint=(1.0, 1.0, 1.0), gradient=0.0, blur=0.0, noise=0.0, occluder=None,
+                        occluder_extent=0.0, quality=95, colour_jitter=0, seed=0)
 
 
 @pytest.mark.parametrize("upper,lower", [("red", "black"), ("yellow", "navy"), ("green", "beige"), ("white", "grey")])

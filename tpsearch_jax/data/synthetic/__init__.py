@@ -2,7 +2,8 @@
 
     attributes.py  identity attribute schema, skewed frequencies, near-twins, identity-disjoint splits
     captions.py    caption grammar and its synonym table
-    render.py      PIL renderer of a person under per-image nuisances (camera, view, pose, blur, occlusion)
+    shots.py       the per-image nuisances (camera, view, pose, blur, occlusion) and what each image shows
+    render.py      PIL renderer of a person under a shot
     generator.py   ``generate`` / ``ensure`` the dataset folder, and the command line
 
     python -m tpsearch_jax.data.synthetic --out=/data/synthetic_pedes --num_ids=300 --images_per_id=4

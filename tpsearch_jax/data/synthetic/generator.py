@@ -32,6 +32,7 @@ from tpsearch_jax.data.image_check import CACHE_NAME
 from tpsearch_jax.data.synthetic import attributes as sa
 from tpsearch_jax.data.synthetic import captions as sc
 from tpsearch_jax.data.synthetic import render as sr
+from tpsearch_jax.data.synthetic import shots
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def generate(root: str, num_ids: int = 300, images_per_id: int = 4, seed: int = 
     pid, attrs = ids[idx], people[idx]["attributes"]
     for k in range(images_per_id):
       shot_rng = np.random.default_rng([seed, 1, pid, k])
-      shot = sr.sample_shot(shot_rng, camera=int(shot_rng.integers(sr.NUM_CAMERAS)))
+      shot = shots.sample_shot(shot_rng, camera=int(shot_rng.integers(shots.NUM_CAMERAS)))
       rel = f"cam{shot.camera}/{pid:05d}_{k:02d}.{image_format}"
       img = sr.render(attrs, shot, (h, w))
       path = os.path.join(root, "imgs", rel)
@@ -92,7 +93,7 @@ def generate(root: str, num_ids: int = 300, images_per_id: int = 4, seed: int = 
         img.save(path, quality=shot.quality)
       else:
         img.save(path, optimize=False)
-      visible = sr.visible_parts(attrs, shot)
+      visible = shots.visible_parts(attrs, shot)
       records.append({"split": splits[idx], "captions": _captions(attrs, visible, [seed, 2, pid, k], caption_style),
                       "file_path": rel, "id": pid})
       images[rel] = {"id": pid, "camera": shot.camera, "view": shot.view, "occluder": shot.occluder,

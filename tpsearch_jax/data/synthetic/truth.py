@@ -2,7 +2,7 @@
 person's mask, the image rows each body region occupies, and which caption words describe which region.
 
 Every image ``cam{c}/{pid:05d}_{k:02d}`` was drawn with the Shot of ``default_rng([seed, 1, pid, k])`` (camera first,
-then ``render.sample_shot``) and the identity's attributes (attributes.json: "attributes" + "latent"), so both are
+then ``shots.sample_shot``) and the identity's attributes (attributes.json: "attributes" + "latent"), so both are
 regenerated exactly. Regions: "head" (hair, hat, glasses), "upper" (the upper garment), "lower" (the lower garment)
 and "shoes", as body-unit spans of the figure (8 units tall from the head top) mapped to image rows.
 """
@@ -18,6 +18,8 @@ from PIL import Image
 
 from tpsearch_jax.data.synthetic import captions as sc
 from tpsearch_jax.data.synthetic import render as sr
+from tpsearch_jax.data.synthetic import shots
+from tpsearch_jax.data.synthetic.shots import Shot
 
 REGIONS = ("head", "upper", "lower", "shoes")
 _FILE = re.compile(r"cam\d+/(\d{5})_(\d{2})\.\w+$")
@@ -30,7 +32,7 @@ def read_meta(root: str) -> dict:
     return json.load(f)
 
 
-def image_truth(meta: dict, file_path: str) -> tuple[dict, sr.Shot]:
+def image_truth(meta: dict, file_path: str) -> tuple[dict, Shot]:
   """(render attributes incl. the latent "_skin"/"_inner", Shot) of the image ``file_path`` (relative to imgs/)."""
   m = _FILE.search(file_path)
   if m is None:
@@ -39,10 +41,10 @@ def image_truth(meta: dict, file_path: str) -> tuple[dict, sr.Shot]:
   person = next(p for p in meta["identities"] if p["id"] == pid)
   attrs = dict(person["attributes"], _skin=person["latent"]["skin"], _inner=person["latent"]["inner"])
   rng = np.random.default_rng([int(meta["generator"]["seed"]), 1, pid, k])
-  return attrs, sr.sample_shot(rng, camera=int(rng.integers(sr.NUM_CAMERAS)))
+  return attrs, shots.sample_shot(rng, camera=int(rng.integers(shots.NUM_CAMERAS)))
 
 
-def person_mask(attrs: dict, shot: sr.Shot, size_hw: tuple[int, int]) -> np.ndarray:
+def person_mask(attrs: dict, shot: Shot, size_hw: tuple[int, int]) -> np.ndarray:
   """float32 [H, W] in [0, 1]: the share of each output pixel covered by the person (occluded parts excluded)."""
   rng = np.random.default_rng(shot.seed)
   pt = sr._Painter(size_hw, shot)  # pylint: disable=protected-access
@@ -64,7 +66,7 @@ def person_mask(attrs: dict, shot: sr.Shot, size_hw: tuple[int, int]) -> np.ndar
   return np.asarray(small, np.float32) / 255.0
 
 
-def region_rows(attrs: dict, shot: sr.Shot) -> np.ndarray:
+def region_rows(attrs: dict, shot: Shot) -> np.ndarray:
   """float [len(REGIONS), 2]: (top, bottom) of each region as fractions of the image height, clipped to [0, 1]."""
   upper_end = 5.5 if attrs["upper.type"] == "coat" else 4.15
   lower = {"shorts": (3.8, 5.1), "skirt": (3.7, 5.85)}.get(attrs["lower.type"], (3.8, 7.7))
