@@ -32,8 +32,12 @@ browser:
 	    { echo "error: apt-get install chromium chromium-driver failed"; exit 1; }; \
 	fi
 
+# Two workers (pytest-xdist), each test file on one worker (its module fixtures built once), the longest files first
+# (tests/conftest.py orders them); TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
 test: env
-	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q --durations=20 tests
+	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q --durations=20 \
+	  -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # Trains and evaluates the demo, then scores it on 90 galleries of unseen people (docs/study_synthetic.md §3.3).
 demo: env

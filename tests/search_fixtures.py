@@ -5,18 +5,19 @@ and an untrained tiny `clip` run folder for tests of global models.
 trainer: 10 identities × 8 images of 48×16 (no near-twins; 6 train / 2 val / 2 test identities), width-32 one-layer
 towers, 3 stripes, SDM on the global embedding + triplet on the coarse ones + CMR on the parts (no MLM / EFA / ID,
 which dominate a CPU step or need more steps), 30 epochs of batch 16. The folder has config.json, checkpoints,
-results.json and the TensorBoard events, and lives in the session's base temp dir, so every test module of a session
-reuses it.
+results.json and the TensorBoard events, and lives in the session's base temp dir (shared by the workers of
+``pytest -n``), so every test module of a session reuses it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 
+import filelock
 import jax
 
+import conftest
 from tpsearch_jax import sharding
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.models import build_model
@@ -50,13 +51,15 @@ def tiny_config(root: str):
 
 
 def trained_run(tmp_path_factory) -> dict:
-  """{"workdir", "data" (dataset root), "imgs", "records" (reid_raw.json)} of the session's tiny trained run."""
-  base = pathlib.Path(tmp_path_factory.getbasetemp()) / "tiny_search_run"
+  """{"workdir", "data" (dataset root), "imgs", "records" (reid_raw.json)} of the session's tiny trained run, trained
+  by the first test that asks for it; the workers of ``pytest -n`` share it (one trains, a file lock holds the others)."""
+  base = conftest.session_root(tmp_path_factory) / "tiny_search_run"
   workdir, data = base / "run", base / "synthetic_pedes"
   done = base / "DONE"
-  if not done.exists():
-    trainer.train_and_evaluate(tiny_config(str(data)), str(workdir))
-    done.write_text("ok")
+  with filelock.FileLock(f"{base}.lock"):
+    if not done.exists():
+      trainer.train_and_evaluate(tiny_config(str(data)), str(workdir))
+      done.write_text("ok")
   with open(data / "reid_raw.json") as f:
     records = json.load(f)
   return {"workdir": str(workdir), "data": str(data), "imgs": str(data / "imgs"), "records": records}

@@ -10,7 +10,6 @@ import signal
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 import dataset_fixtures
 from tpsearch_jax.training import checkpointing
@@ -23,18 +22,6 @@ from tpsearch_jax import sharding as shd
 from tpsearch_jax.models import build_model
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache_dir(tmp_path_factory):
-  """Persistent XLA cache for this module: the end-to-end runs compile the same programs several times."""
-  previous = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-  compilation_cache.set_cache_dir(str(tmp_path_factory.mktemp("xla_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  yield
-  compilation_cache.set_cache_dir(previous[0])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
-  compilation_cache.reset_cache()
 
 
 def load_config(dataset: str, method: str = "irra"):
