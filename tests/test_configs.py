@@ -16,6 +16,7 @@ from tpsearch_jax.training import config_checks, optim, trainer
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.data import annotations
 from tpsearch_jax.models import METHODS, build_model, method_options
+from tpsearch_jax.training.options import run_options
 
 CONFIG_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs"))
 
@@ -107,6 +108,26 @@ def test_icfg_requires_an_explicit_selection_and_test_selection_is_loud(caplog):
   c.eval.select_on = "best"
   with pytest.raises(ValueError, match="select_on='best'"):
     config_checks.resolve_config(c)
+
+
+def test_resolution_returns_a_copy_and_reads_the_options_once():
+  """resolve_config / fill_num_classes leave their input alone; resolving twice changes nothing; run_options reads
+  the resolved config into frozen options."""
+  raw = load("cuhk")
+  before = raw.to_json_best_effort()
+  c = config_checks.resolve_config(raw)
+  assert raw.to_json_best_effort() == before and c.model.dtype != "auto"
+  assert config_checks.resolve_config(c).to_json_best_effort() == c.to_json_best_effort()
+  filled = config_checks.fill_num_classes(c, 7)
+  assert (filled.model.num_classes, c.model.num_classes) == (7, None)
+  with pytest.raises(ValueError, match="num_classes=7 but the training split has 5 identities"):
+    config_checks.fill_num_classes(filled, 5)
+  o = run_options(filled)
+  assert (o.model.num_classes, o.loss, o.data.image_size, o.optim.lr) == (7, method_options(filled).loss,
+                                                                         (384, 128), filled.optim.lr)
+  with pytest.raises(AttributeError):
+    o.data.root = "elsewhere"  # frozen: nothing downstream changes the run's options
+  assert tuple(parse([f"--config={CONFIG_DIR}/cuhk.py:irra", "--config.eval.subsets=()"]).eval.subsets) == ()
 
 
 def test_shape_and_parallelism_errors_before_compiling():
