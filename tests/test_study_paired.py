@@ -44,3 +44,37 @@ def test_paired_table_marks_differences_beyond_two_standard_errors():
   assert "+2.50 ± 0.29 **" in diff_rows[-2]
   assert "+0.17 ± 0.60 |" in diff_rows[-1] and "**" not in diff_rows[-1]
   assert "50.00 ± 0.00" in row["`ref`"]  # the per-method block: mean ± s.e.
+
+
+def test_summary_with_unfinished_methods_and_held_out_results(tmp_path):
+  """A study whose last method has no finished run yet; held-out results read from each run folder: the tables list
+  the finished methods, their held-out means ± s.e., and the paired difference to the reference."""
+  import json
+  import os
+
+  import ml_collections
+
+  from tpsearch_jax.study import summarize
+  from tpsearch_jax.study.runner import run_dir
+
+  heldout = {("ref", 0): 40.0, ("ref", 1): 44.0, ("p", 0): 43.0, ("p", 1): 46.0}  # p − ref: 3, 2
+  for (method, seed), r1 in heldout.items():
+    wd = run_dir(str(tmp_path), method, seed)
+    os.makedirs(wd)
+    rows = {s: {"R1": r1, "R5": 1.0, "R10": 1.0, "mAP": 1.0, "mINP": 1.0, "num_queries": 4, "num_gallery": 8}
+            for s in ("val", "test", "test_hard")}
+    with open(os.path.join(wd, "results.json"), "w") as f:
+      json.dump({"splits": rows}, f)
+    with open(os.path.join(wd, paired.HELDOUT_FILE), "w") as f:
+      json.dump({"model": {"R1": {"mean": r1, "sem": 1.0}}, "hard": {"R1": {"mean": r1 - 5, "sem": 1.0}}}, f)
+  study = ml_collections.ConfigDict({"methods": ("ref", "p", "not_yet"), "seeds": (0, 1), "steps_per_epoch": 0,
+                                     "variants": (), "reference": ("ref",), "heldout_pool": ""})
+  text = summarize(study, str(tmp_path))
+  assert "not_yet" not in text.split("## Wall time")[0]  # only the wall-time table lists every method
+  assert "(test: 4 queries, 8 gallery images" in text
+  pairs = text.split("## Paired by seed")[1].split("## Wall time")[0].splitlines()
+  row = next(line for line in pairs if line.startswith("| `p` | 2 |"))
+  assert "44.50 ± 1.50" in row  # held-out R1 of p: mean of 43, 46; s.e. = std(ddof 1) / √2 = 1.5
+  diff = [line for line in pairs if line.startswith("| `p` |")][-1]
+  assert diff.count("+2.50 ± 0.50") == 2  # held-out and held-out hard: differences 3 and 2
+  assert os.path.isfile(os.path.join(tmp_path, "heldout_r1.png"))

@@ -70,6 +70,7 @@ def _table(found: dict, split: str, extra: bool) -> list[str]:
   if extra:
     head += ["val R1 (selected)", "wall s / run"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+  sizes = None
   for method, runs in found.items():
     have = [r for r in runs if split in r["rows"]]
     if not have:
@@ -77,10 +78,10 @@ def _table(found: dict, split: str, extra: bool) -> list[str]:
     cells = [f"`{method}`", str(len(have))] + [_mean_std(r["rows"][split][k] for r in have) for k in METRIC_KEYS]
     if extra:
       cells += [_mean_std(r["rows"].get("val", {}).get("R1") for r in have), _mean_std(r["wall_s"] for r in have)]
-    queries = have[0]["rows"][split]["num_queries"]
+    sizes = (have[0]["rows"][split]["num_queries"], have[0]["rows"][split]["num_gallery"])
     lines.append("| " + " | ".join(cells) + " |")
-  lines.append(f"\n({split}: {queries} queries, {have[0]['rows'][split]['num_gallery']} gallery images; mean ± "
-               "sample std over seeds)" if found and any(found.values()) else "")
+  lines.append(f"\n({split}: {sizes[0]} queries, {sizes[1]} gallery images; mean ± sample std over seeds)"
+               if sizes else "")
   return lines
 
 
