@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import random
 import re
@@ -51,7 +52,10 @@ RUN_TIMEOUT_S = 240  # hard limit for one run (all its processes)
 STEPS_PER_EPOCH, EPOCHS = 7, 3
 LAST = STEPS_PER_EPOCH * EPOCHS
 EVERY = 3  # a checkpoint every 3 steps: 3, 6, 9, ... — most inside an epoch
-STALL_S = 40  # S's stall timeout: above the start-up + compile + first steps of a loaded 2-core machine
+# S's stall timeout: at least STALL_S, and 3 × the slowest start-up (watchdog start → first train step: start-up,
+# compile, first steps) of this chain's earlier 2-process runs, so that S's own start-up does not trip it on a loaded
+# machine (2 cores, another test worker and other jobs at load 9–14: start-ups of 75–110 s, then S's own 123 s).
+STALL_S = 40
 # 58 train captions → 7 steps of 8; val and test: 10 images (2 gallery batches of 8, the second one padded), 21 / 22
 # captions (3 query batches).
 SYNTHETIC = dict(num_ids=24, images_per_id=2, image_size=(32, 16), split_fractions=(0.6, 0.2, 0.2))
@@ -220,25 +224,32 @@ def _wait_for(path: str, job: Job, timeout: float) -> None:
     time.sleep(0.05)
 
 
-def _stall_job(root, config: str, cache: str, jobs: list) -> dict:
-  """S: process 1 frozen after the first checkpoint, heartbeats far longer than the stall timeout: process 0's
-  watchdog must end it (status 4, one line naming the last finished step, its stacks in WORKDIR/stall_0.txt)."""
+def _start_up_seconds(text: str) -> float:
+  """Seconds from the stall watchdog's start to the first train step logged, in a run's log."""
+  step = next(line for line in text.splitlines() if re.search(r"trainer\.py:\d+\] step \d+/", line))
+  return _log_time(text, step) - _log_time(text, "Stall watchdog:")
+
+
+def _stall_job(root, config: str, cache: str, jobs: list, limit: int) -> dict:
+  """S: process 1 frozen after the first checkpoint, heartbeats far longer than the stall timeout (``limit``):
+  process 0's watchdog must end it (status 4, one line naming the last finished step, its stacks in
+  WORKDIR/stall_0.txt)."""
   s = Job("S", str(root / "S"), config, cache, 2, DEVICES, extra=["--heartbeat_timeout_s=600",
-                                                                  f"--config.train.stall_timeout_s={STALL_S}"])
+                                                                  f"--config.train.stall_timeout_s={limit}"])
   jobs.append(s)
   _wait_for(os.path.join(s.workdir, "checkpoints", str(EVERY)), s, RUN_TIMEOUT_S)
   os.kill(s.procs[1].pid, signal.SIGSTOP)
   stopped = time.monotonic()
   try:
-    code0 = s.procs[0].wait(timeout=STALL_S + RUN_TIMEOUT_S // 2)
+    code0 = s.procs[0].wait(timeout=limit + RUN_TIMEOUT_S // 2)
   except subprocess.TimeoutExpired:
     s.dump_stacks()
     s.kill()
-    pytest.fail(f"S: process 0 still running {STALL_S + RUN_TIMEOUT_S // 2} s after process 1 stopped\n{s.tail()}")
+    pytest.fail(f"S: process 0 still running {limit + RUN_TIMEOUT_S // 2} s after process 1 stopped\n{s.tail()}")
   seconds = time.monotonic() - stopped
   s.kill(1)
   stack_file = os.path.join(s.workdir, "stall_0.txt")
-  return dict(exit_code=code0, seconds=seconds, log=s.text(0),
+  return dict(exit_code=code0, seconds=seconds, log=s.text(0), limit=limit,
               stacks=open(stack_file).read() if os.path.exists(stack_file) else None)
 
 
@@ -284,10 +295,12 @@ def chain(tmp_path_factory):
     jobs += [a2, c]
     a2.check()
     c.check()
-    out["stall"] = _stall_job(root, config, cache, jobs)
+    start_ups = [_start_up_seconds(j.text(0)) for j in (a, a2, c)]
+    out["stall"] = _stall_job(root, config, cache, jobs, max(STALL_S, math.ceil(3 * max(start_ups))))
     out.update(R=r, A=a, A2=a2, C=c, seconds=time.monotonic() - started)
     print(f"\nmultiprocess chain: {out['seconds']:.0f} s (" + ", ".join(f"{j.name} {j.seconds:.0f} s" for j in jobs[1:])
-          + f"); process 0 stopped {out['kill']['seconds']:.1f} s after process 1 stopped", flush=True)
+          + f"); process 0 stopped {out['kill']['seconds']:.1f} s after process 1 stopped; start-ups "
+          + ", ".join(f"{t:.0f}" for t in start_ups) + f" s, stall limit {out['stall']['limit']} s", flush=True)
     yield out
   finally:
     for j in jobs:
@@ -393,7 +406,8 @@ def test_stalled_run_ends_with_its_stacks_and_one_line(chain):
   m = re.search(r"last finished step: (\d+)", lines[0])
   assert m and int(m.group(1)) >= EVERY, lines[0]
   idle = re.search(r"nothing finished for (\d+) s \(limit (\d+) s", lines[0])
-  assert idle and int(idle.group(2)) == STALL_S <= int(idle.group(1)), lines[0]  # not before the timeout
+  assert idle and int(idle.group(2)) == stall["limit"] <= int(idle.group(1)), lines[0]  # not before the timeout
+  assert stall["limit"] >= STALL_S
   assert stall["stacks"] and "Thread" in stall["stacks"] and "tpsearch_jax/training/trainer.py" in stall["stacks"]
 
 
