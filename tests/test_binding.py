@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from tpsearch_jax import binding
+from tpsearch_jax import binding, objectives
 from tpsearch_jax.data import read_annotations
 from tpsearch_jax.data.synthetic import captions as sc
 from tpsearch_jax.data.synthetic import ensure, generate, truth
@@ -154,3 +154,19 @@ def test_twin_pairs_both_ways():
                          {"id": 2, "twin_of": 1, "differs_in": "lower.type"},
                          {"id": 3, "twin_of": None, "differs_in": None}]}
   assert twin_pairs(meta) == {1: (2, "lower"), 2: (1, "lower")}
+
+
+def test_train_time_coarse_cosine_is_the_mean_pairwise_cosine_of_valid_rows():
+  """objectives logs coarse_cos_img / _txt each step: against a loop over rows and token pairs, padding rows left out."""
+  rng = np.random.default_rng(3)
+  coarse = rng.normal(size=(4, 3, 5)).astype(np.float32)
+  coarse[1] = coarse[1, :1] * np.array([[1.0], [2.0], [0.5]], np.float32)  # row 1: one direction, cosine 1
+  valid = np.array([True, True, False, True])
+
+  def cos(a, b):
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+  per_row = [np.mean([cos(c[j], c[k]) for j in range(3) for k in range(j + 1, 3)]) for c in coarse.astype(np.float64)]
+  assert per_row[1] == pytest.approx(1.0)
+  np.testing.assert_allclose(objectives._coarse_cosine(coarse, None), np.mean(per_row), rtol=1e-5)
+  np.testing.assert_allclose(objectives._coarse_cosine(coarse, valid), np.mean(np.asarray(per_row)[valid]), rtol=1e-5)

@@ -129,6 +129,8 @@ def _expected_terms(method: str) -> set[str]:
     names |= {"img_acc", "txt_acc"}
   if loss["mlm"]:
     names.add("mlm_acc")
+  if method_preset(method)["model"].get("use_parts"):
+    names |= {"coarse_cos_img", "coarse_cos_txt"}
   return names
 
 
@@ -285,10 +287,12 @@ def test_forward_terms_and_embeddings(method):
     assert np.isfinite(value), name
     if name.endswith("_acc"):
       assert 0 <= value <= 1, name
+    elif name.startswith("coarse_cos_"):  # logged, not a loss term
+      assert -1 <= value <= 1, name
     else:
       assert value != 0, name
   loss = _config(method)["loss"]
-  want = sum(loss[k] * np.float64(terms[k]) for k in terms if not k.endswith("_acc"))
+  want = sum(loss[k] * np.float64(terms[k]) for k in terms if k in objectives.LOSS_NAMES)
   assert total.dtype == jnp.float32 and np.isclose(total, want, rtol=1e-5)
 
   model, o = _model(method), _model(method).options

@@ -219,8 +219,24 @@ def compute_losses(outputs: Mapping, batch: Mapping[str, jax.Array], loss: LossO
         commonality=loss.cmr_commonality, image_part_logits=part_logits[0], text_part_logits=part_logits[1],
         tau=loss.cmr_tau, mining=loss.ranking_mining, reduction=loss.ranking_reduction, valid=valid)
 
+  if "coarse" in img and img["coarse"].shape[1] > 1:  # whether the N_D coarse tokens stay distinct (logged only)
+    terms["coarse_cos_img"] = _coarse_cosine(img["coarse"], valid)
+    terms["coarse_cos_txt"] = _coarse_cosine(txt["coarse"], valid)
+
   total = sum(getattr(loss, name) * terms[name] for name in LOSS_NAMES if name in terms)
   return jnp.asarray(total, jnp.float32), terms
+
+
+def _coarse_cosine(coarse: jax.Array, valid: jax.Array | None) -> jax.Array:
+  """coarse [B, N_D, E] → f32 []: mean over (valid) rows and token pairs j < k of cos(c_j, c_k), no gradient."""
+  c = jax.lax.stop_gradient(_f32(coarse))
+  c = c / jnp.maximum(jnp.linalg.norm(c, axis=-1, keepdims=True), 1e-12)
+  n = c.shape[1]
+  gram = jnp.einsum("bje,bke->bjk", c, c)
+  per_row = (gram.sum(axis=(1, 2)) - jnp.trace(gram, axis1=1, axis2=2)) / (n * (n - 1))
+  if valid is None:
+    return jnp.mean(per_row)
+  return jnp.sum(jnp.where(valid, per_row, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
 def model_loss(model, loss: LossOptions, params, batch: Mapping[str, jax.Array],
