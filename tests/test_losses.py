@@ -277,18 +277,25 @@ def test_semi_hard_pick_is_uniform_over_candidates():
   assert np.all((counts[[2, 3, 5]] > 850) & (counts[[2, 3, 5]] < 1150)), counts
 
 
-@pytest.mark.parametrize("commonality", ["prob", "freq"])
-def test_cmr_matches_reference(commonality):
-  b, p, d, k, m, tau = 10, 3, 8, 5, 0.2, 0.2
+def cmr_case(b: int, p: int, d: int, k: int, num_ids: int, tau: float, commonality: str):
+  """A CMR test case: part embeddings vp, tp [b, p, d] (correlated), ids y [b] (``num_ids`` of them), part logits
+  li, lt [b, p, k], and the numpy reference commonality scores sc_i, sc_t of ``commonality``."""
   rng = np.random.default_rng(4)
   vp = rng.normal(size=(b, p, d)).astype(np.float32)
   tp = (0.8 * vp + rng.normal(size=(b, p, d))).astype(np.float32)
-  y = np.arange(b, dtype=np.int32) % 4
+  y = np.arange(b, dtype=np.int32) % num_ids
   li, lt = (rng.normal(size=(b, p, k)).astype(np.float32) * 2 for _ in range(2))
   if commonality == "prob":
     sc_i, sc_t = ref.commonality_prob(li, y), ref.commonality_prob(lt, y)
   else:
     sc_i, sc_t = ref.commonality_freq(vp, y, tau), ref.commonality_freq(tp, y, tau)
+  return vp, tp, y, li, lt, sc_i, sc_t
+
+
+@pytest.mark.parametrize("commonality", ["prob", "freq"])
+def test_cmr_matches_reference(commonality):
+  b, p, d, k, m, tau = 10, 3, 8, 5, 0.2, 0.2
+  vp, tp, y, li, lt, sc_i, sc_t = cmr_case(b, p, d, k, 4, tau, commonality)
   assert np.ptp(sc_i) > 0.1 and np.ptp(sc_t) > 0.1
   key = jax.random.key(3)
   picks = []

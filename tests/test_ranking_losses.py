@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import numpy_reference as ref
+from test_losses import cmr_case
 from tpsearch_jax import objectives, ranking_losses
 
 RANK = jax.jit(ranking_losses.ranking_loss, static_argnames=("mining", "reduction"))
@@ -69,15 +70,7 @@ def test_single_identity_batch_gives_zero_with_finite_gradient():
 @pytest.mark.parametrize("commonality", ["prob", "freq"])
 def test_cmr_matches_reference(mining, commonality):
   b, p, d, k, m, tau = 8, 3, 6, 5, 0.2, 0.2
-  rng = np.random.default_rng(4)
-  vp = rng.normal(size=(b, p, d)).astype(np.float32)
-  tp = (0.8 * vp + rng.normal(size=(b, p, d))).astype(np.float32)
-  y = np.arange(b, dtype=np.int32) % 3
-  li, lt = (rng.normal(size=(b, p, k)).astype(np.float32) * 2 for _ in range(2))
-  if commonality == "prob":
-    sc_i, sc_t = ref.commonality_prob(li, y), ref.commonality_prob(lt, y)
-  else:
-    sc_i, sc_t = ref.commonality_freq(vp, y, tau), ref.commonality_freq(tp, y, tau)
+  vp, tp, y, li, lt, sc_i, sc_t = cmr_case(b, p, d, k, 3, tau, commonality)
   want = ref.cmr_all_or_hard(vp, tp, y, m, 0.05, sc_i, sc_t, mining)
   for reduction, scale in (("sum", 1.0), ("mean", 1.0 / (2 * b * p))):
     got = CMR(vp, tp, y, None, m, 0.05, commonality, li, lt, tau, mining=mining, reduction=reduction)
