@@ -90,7 +90,7 @@ MUTATIONS = (
              'step = int(meta["step"])', 'step = int(meta["step"]) + 1', (RESUME,)),
     Mutation("resume_at_the_start_of_the_epoch", "tpsearch_jax/training/trainer.py",
              'step = int(meta["step"])', 'step = int(meta["epoch"]) * s.steps_per_epoch', (RESUME,)),
-    Mutation("study_std_without_ddof", "tpsearch_jax/study/summary.py", "v.std(ddof=1)", "v.std()",
+    Mutation("study_std_without_ddof", "tpsearch_jax/study/paired.py", "v.std(ddof=1)", "v.std()",
              ("tests/test_study.py::test_summary_table_is_mean_and_sample_std_over_seeds",)),
     Mutation("galleries_sem_over_every_gallery", "tpsearch_jax/study/galleries.py",
              "np.sqrt(independent)", "np.sqrt(len(rows))",

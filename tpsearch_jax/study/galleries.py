@@ -107,7 +107,8 @@ def ensure_pool(root: str, num_ids: int = POOL_IDS, seed: int = POOL_SEED) -> st
 
 def evaluate_run(workdir: str, pool: str, ids_per_gallery: int = IDS_PER_GALLERY, repeats: int = REPEATS,
                  checkpoint: str = "auto") -> dict[str, Any]:
-  """A run folder + pool folder → {"model": summary, "oracle": summary, "galleries": n, "step", "checkpoint"}."""
+  """A run folder + pool folder → {"model": summary, "hard": summary of the hard queries, "hard_queries": n,
+  "oracle": summary, "galleries": n, "repeats", "step", "checkpoint"}."""
   run = runs.load_run(workdir, checkpoint)
   ann = annotations.read_annotations("synthetic_pedes", pool)
   identities = hard_subset.read_identities(pool)

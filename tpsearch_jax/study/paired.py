@@ -54,15 +54,15 @@ def best_reference(found: Mapping[str, Sequence[Mapping]], reference: Sequence[s
   return max(means, key=means.get) if means else None
 
 
-def attach_heldout(study, out: str, found: Mapping[str, list[dict]], compute: bool) -> None:
-  """Adds each run's held-out galleries result (``r["heldout"]``) to ``found``, scoring the runs that lack one when
-  ``compute`` and the study names a pool (``study.heldout_pool``)."""
+def attach_heldout(study, out: str, found: Mapping[str, list[dict]]) -> None:
+  """Adds each run's held-out galleries result (``r["heldout"]``) to ``found``, first scoring the runs that lack one
+  when the study names a pool (``study.heldout_pool``)."""
   pool = study.get("heldout_pool", "")
   for method, runs in found.items():
     for r in runs:
       wd = run_dir(out, method, r["seed"])
       path = os.path.join(wd, HELDOUT_FILE)
-      if not os.path.isfile(path) and compute and pool:
+      if not os.path.isfile(path) and pool:
         result = galleries.evaluate_run(wd, galleries.ensure_pool(pool))
         with open(path, "w", encoding="utf-8") as f:
           json.dump(result, f, indent=1)
@@ -80,11 +80,16 @@ def _cell(stat: Mapping[str, float] | None) -> str:
   return f"{stat['mean']:+.2f} ± {stat['se']:.2f}{mark}"
 
 
-def _mean_se(values: Sequence[float]) -> str:
-  v = np.asarray(values, np.float64)
+def mean_spread(values, standard_error: bool) -> str:
+  """Values (None skipped) → "mean ± sample std", or "mean ± standard error" (std / √n); one value alone; "–" for
+  none."""
+  v = np.asarray([x for x in values if x is not None], np.float64)
   if not len(v):
     return "–"
-  return f"{v.mean():.2f} ± {v.std(ddof=1) / np.sqrt(len(v)):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+  if len(v) == 1:
+    return f"{v[0]:.2f}"
+  spread = v.std(ddof=1) / (np.sqrt(len(v)) if standard_error else 1.0)
+  return f"{v.mean():.2f} ± {spread:.2f}"
 
 
 def paired_tables(found: Mapping[str, Sequence[Mapping]], reference: Sequence[str]) -> list[str]:
@@ -95,7 +100,7 @@ def paired_tables(found: Mapping[str, Sequence[Mapping]], reference: Sequence[st
   for method, runs in found.items():
     if runs:
       lines.append(f"| `{method}` | {len(runs)} | " + " | ".join(
-          _mean_se(list(by_seed(runs, value).values())) for _, value in COLUMNS) + " |")
+          mean_spread(by_seed(runs, value).values(), standard_error=True) for _, value in COLUMNS) + " |")
   best = [best_reference(found, reference, value) for _, value in COLUMNS]
   lines += ["", "Paired difference to the best of " + ", ".join(f"`{m}`" for m in reference) + " in each column ("
             + ", ".join(f"{label}: `{b}`" for (label, _), b in zip(COLUMNS, best) if b) + "), mean ± s.e. over the "

@@ -8,6 +8,7 @@ time) and the ``eval/<select_on>/R1`` scalars the trainer writes to the work dir
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -58,26 +59,19 @@ def collect(study, out: str) -> dict:
   return found
 
 
-def _mean_std(values) -> str:
-  v = np.asarray([x for x in values if x is not None], np.float64)
-  if not len(v):
-    return "–"
-  return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
-
-
 def _table(found: dict, split: str, extra: bool) -> list[str]:
   head = ["method", "seeds"] + [f"{split} {k}" for k in METRIC_KEYS]
   if extra:
     head += ["val R1 (selected)", "wall s / run"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
-  sizes = None
+  sizes, spread = None, functools.partial(paired.mean_spread, standard_error=False)
   for method, runs in found.items():
     have = [r for r in runs if split in r["rows"]]
     if not have:
       continue
-    cells = [f"`{method}`", str(len(have))] + [_mean_std(r["rows"][split][k] for r in have) for k in METRIC_KEYS]
+    cells = [f"`{method}`", str(len(have))] + [spread(r["rows"][split][k] for r in have) for k in METRIC_KEYS]
     if extra:
-      cells += [_mean_std(r["rows"].get("val", {}).get("R1") for r in have), _mean_std(r["wall_s"] for r in have)]
+      cells += [spread(r["rows"].get("val", {}).get("R1") for r in have), spread(r["wall_s"] for r in have)]
     sizes = (have[0]["rows"][split]["num_queries"], have[0]["rows"][split]["num_gallery"])
     lines.append("| " + " | ".join(cells) + " |")
   lines.append(f"\n({split}: {sizes[0]} queries, {sizes[1]} gallery images; mean ± sample std over seeds)"
@@ -125,7 +119,7 @@ def plot_curves(found: dict, path: str, steps_per_epoch: int | None = None,
 def summarize(study, out: str) -> str:
   """Writes OUT/summary.md, summary.json and val_r1.png from the finished runs; returns the Markdown."""
   found = collect(study, out)
-  paired.attach_heldout(study, out, found, compute=True)
+  paired.attach_heldout(study, out, found)
   lines = ["# Study summary", "", f"Runs under `{out}`; selection on val R1; seeds {list(study.seeds)}.", "",
            "## Test", ""] + _table(found, "test", True) + ["", "## Hard test queries (test_hard)", ""]
   lines += _table(found, "test_hard", False)
