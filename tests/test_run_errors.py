@@ -47,9 +47,11 @@ def test_watchdog_limit_adapts_to_the_longest_gap_and_zero_is_off(tmp_path):
   w.beat(1)
   assert abs(w.limit_s - watchdog.ADAPTIVE_FACTOR * 50.0) < 1.0 and w.limit_s > 10.0
   fixed = watchdog.Watchdog(10.0, str(tmp_path))
+  assert fixed.limit_s == watchdog.DEFAULT_TIMEOUT_S  # start-up (the first compile) is not held to 10 s
   fixed._last -= 50.0
   fixed.beat(1)
   assert fixed.limit_s == 10.0
+  assert watchdog.Watchdog(4000.0, str(tmp_path)).limit_s == 4000.0  # a longer timeout holds during start-up too
   assert watchdog.resolve_timeout(-1) == watchdog.DEFAULT_TIMEOUT_S and watchdog.resolve_timeout(0) == 0
   with watchdog.Watchdog(0, str(tmp_path)) as off:
     assert off._thread is None

@@ -7,6 +7,10 @@ work — a host-synced train step, an evaluation, a checkpoint save — and, pas
 Python stack to the log and to ``WORKDIR/stall_<process>.txt``, prints one line naming the last finished step, and
 ends the process with ``STALLED_STATUS``. Every process runs its own watchdog; a process stopped by the kernel
 (SIGSTOP) fires when it is resumed.
+
+Start-up (restoring or initialising the state, the first step's compilation) ends with the first finished unit; until
+then the limit is at least DEFAULT_TIMEOUT_S, so a timeout sized for the gaps between steps does not end a run whose
+first compile is slow.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from tpsearch_jax.user_errors import STALLED_STATUS
 # log interval; accelerators compile and step faster.
 DEFAULT_TIMEOUT_S = 1800.0
 ADAPTIVE_FACTOR = 3.0
+STARTUP = "start-up"  # what the watchdog waits for before the first beat
 
 
 def resolve_timeout(value: float) -> float:
@@ -48,7 +53,7 @@ class Watchdog:
     self.process_index = int(process_index)
     self.poll_s = poll_s if poll_s is not None else min(max(self.timeout_s / 20, 0.2), 5.0)
     self.last_step: int | None = None
-    self.what = "start-up"
+    self.what = STARTUP
     self._last = time.monotonic()
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None
@@ -77,7 +82,10 @@ class Watchdog:
 
   @property
   def limit_s(self) -> float:
-    """The current timeout: ``timeout_s``, or in adaptive mode at least ADAPTIVE_FACTOR × the longest gap so far."""
+    """The current timeout: ``timeout_s``, or in adaptive mode at least ADAPTIVE_FACTOR × the longest gap so far;
+    during start-up (no unit finished yet) at least DEFAULT_TIMEOUT_S."""
+    if self.what == STARTUP:
+      return max(self.timeout_s, DEFAULT_TIMEOUT_S)
     return max(self.timeout_s, ADAPTIVE_FACTOR * self._longest) if self.adaptive else self.timeout_s
 
   @property
