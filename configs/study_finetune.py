@@ -8,11 +8,12 @@ from the towers of ``configs/synthetic.py:pretrain``. Train that run first, at i
 
 - The three studies can share one ``--out``: their method names differ, and runs are paired by seed
   (``config.seed``).
-- ``main`` holds the global methods and the two part presets.
-- ``ladder`` holds the part ladder (global → + coarse → + parts → + foreground = pcc; fixed margin vs CMR), from
-  ``configs/study_synthetic.py``.
-- ``switches`` holds the repairs of the part objective (docs/part_model.md), one at a time over pcc, and all of them
-  together.
+- ``main`` holds the global methods, the two part presets with the recommended part recipe (``pcc``, ``combined``:
+  ``synthetic_finetune.PART_RECIPE``) and with the lineage values (``pcc_lineage``, ``combined_lineage``).
+- ``ladder`` holds the part ladder (global → + coarse → + parts → + foreground = pcc_lineage; fixed margin vs CMR),
+  from ``configs/study_synthetic.py``.
+- ``switches`` holds the repairs of the part objective (docs/part_model.md), one at a time over pcc_lineage, and all
+  of them together.
 - Every run has the same steps.
 """
 
@@ -29,28 +30,26 @@ HELDOUT_POOL = "/tmp/tpsearch_data/heldout_pool"  # study.galleries: 440 unseen 
 _REPAIRS = (("loss.ranking_mining", "batch_hard"), ("loss.ranking_reduction", "mean"),
             ("model.part.kv_norm", "modality"), ("model.part.foreground_features", "shifted"),
             ("model.part.foreground_grad", "stop"), ("loss.cmr_commonality", "freq"))
-_CANDIDATE = (("loss.id_pieces", "global"), ("model.embed_weights.global_", 12.0))
 SWITCHES = (
-    ("pcc_batch_hard", "pcc", _REPAIRS[:1]),
-    ("pcc_batch_all", "pcc", (("loss.ranking_mining", "batch_all"),)),
-    ("pcc_mean", "pcc", _REPAIRS[1:2]),
-    ("pcc_kv_modality", "pcc", _REPAIRS[2:3]),
-    ("pcc_fg_shifted", "pcc", _REPAIRS[3:4]),
-    ("pcc_fg_stop", "pcc", _REPAIRS[4:5]),
-    ("pcc_global_heavy", "pcc", (("model.embed_weights.global_", 12.0),)),  # global = the 6 coarse + 6 parts
-    ("pcc_id_global", "pcc", (("loss.id_pieces", "global"),)),
-    ("pcc_sdm_global", "pcc", (("loss.global_loss", "sdm"), ("loss.sdm", 1.0))),  # SDM instead of triplet on global
-    ("pcc_mlm_ids", "pcc", (("data.caption_uses_mlm_ids", True),)),  # the base config's masked captions
-    ("pcc_repaired", "pcc", _REPAIRS),
-    ("combined_repaired", "combined", _REPAIRS),
-    # The candidate part recipe of the first single-seed runs (docs/part_model.md): the ID term on the global
-    # embedding only, and a global-heavy test score (global 12 = the 6 coarse + 6 part pieces together).
-    ("pcc_candidate", "pcc", _CANDIDATE),
-    ("combined_candidate", "combined", _CANDIDATE),
+    ("pcc_batch_hard", "pcc_lineage", _REPAIRS[:1]),
+    ("pcc_batch_all", "pcc_lineage", (("loss.ranking_mining", "batch_all"),)),
+    ("pcc_mean", "pcc_lineage", _REPAIRS[1:2]),
+    ("pcc_kv_modality", "pcc_lineage", _REPAIRS[2:3]),
+    ("pcc_fg_shifted", "pcc_lineage", _REPAIRS[3:4]),
+    ("pcc_fg_stop", "pcc_lineage", _REPAIRS[4:5]),
+    ("pcc_global_heavy", "pcc_lineage", (("model.embed_weights.global_", 12.0),)),  # global = 6 coarse + 6 parts
+    ("pcc_id_global", "pcc_lineage", (("loss.id_pieces", "global"),)),
+    ("pcc_sdm_global", "pcc_lineage", (("loss.global_loss", "sdm"), ("loss.sdm", 1.0))),  # SDM, not triplet, on global
+    ("pcc_mlm_ids", "pcc_lineage", (("data.caption_uses_mlm_ids", True),)),  # the base config's masked captions
+    ("pcc_repaired", "pcc_lineage", _REPAIRS),
+    ("combined_repaired", "combined_lineage", _REPAIRS),
 )
+# The part ladder of configs/study_synthetic.py, over the lineage values (its variants are over the pcc preset).
+_LINEAGE = {"pcc": "pcc_lineage", "combined": "combined_lineage"}
 STUDIES = {
-    "main": (("clip", "pcc_candidate", "fmfa", "combined_candidate", "irra", "pcc", "combined"), (0, 1, 2, 3, 4)),
-    "ladder": (("pcc_global", "pcc_coarse", "pcc_parts", "pcc", "pcc_fixed_margin", "pcc_cmr_freq"), (0, 1, 2)),
+    "main": (("clip", "pcc", "fmfa", "combined", "irra", "pcc_lineage", "combined_lineage"), (0, 1, 2, 3, 4)),
+    "ladder": (("pcc_global", "pcc_coarse", "pcc_parts", "pcc_lineage", "pcc_fixed_margin", "pcc_cmr_freq"),
+               (0, 1, 2)),
     "switches": (tuple(name for name, _, _ in SWITCHES), (0, 1, 2)),
 }
 STUDIES["all"] = (tuple(dict.fromkeys(m for size in STUDIES for m in STUDIES[size][0])), (0, 1, 2, 3, 4))
@@ -66,7 +65,7 @@ def get_config(size: str = "main") -> ml_collections.ConfigDict:
   c.size = size
   c.base_config = os.path.join(_HERE, "synthetic_finetune.py")
   c.methods, c.seeds = STUDIES[size]
-  c.variants = tuple(ladder) + SWITCHES
+  c.variants = tuple((name, _LINEAGE.get(preset, preset), over) for name, preset, over in ladder) + SWITCHES
   c.overrides = ()
   c.steps_per_epoch = 0
   c.reference = ("clip", "irra", "fmfa")  # the global methods: paired differences are to the best of them

@@ -175,3 +175,11 @@ def test_finetune_study_configs_resolve():
       assert c.seed == 2 and c.init.run and c.optim.lr == 1e-4
   c = runner.run_config(load_config(os.path.join(CONFIG_DIR, "study_finetune.py:switches")), "pcc_repaired", 0)
   assert (c.loss.ranking_mining, c.loss.ranking_reduction, c.model.part.kv_norm) == ("batch_hard", "mean", "modality")
+  assert (c.loss.id_pieces, c.model.embed_weights.global_) == ("all", 1.0)  # the switches are over the lineage
+  # pcc / combined: the recommended part recipe; *_lineage and the ladder: the presets' (lineage) values.
+  main, ladder = (load_config(os.path.join(CONFIG_DIR, f"study_finetune.py:{size}")) for size in ("main", "ladder"))
+  for study, method, want in ((main, "pcc", ("global", 12.0)), (main, "combined", ("global", 12.0)),
+                              (main, "pcc_lineage", ("all", 1.0)), (main, "combined_lineage", ("all", 1.0)),
+                              (ladder, "pcc_global", ("all", 1.0)), (ladder, "pcc_fixed_margin", ("all", 1.0))):
+    c = runner.run_config(study, method, 0)
+    assert (c.model.name, c.loss.id_pieces, c.model.embed_weights.global_) == (method.split("_")[0], *want), method
