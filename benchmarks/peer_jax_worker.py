@@ -54,7 +54,7 @@ def main() -> int:
   model, mesh = build_model(options), shd.create_mesh(jax.local_devices()[:1])
   state, tx, shardings = state_lib.create_train_state(options, model, mesh, jax.random.PRNGKey(0))
   step = state_lib.make_train_step(options.loss, model, tx, mesh, shardings)
-  batch = shd.to_global(batch_lib.fake_train_batch(config, d["batch_size"]), mesh)
+  batch = shd.to_global(batch_lib.fake_train_batch(options.batch_options, d["batch_size"]), mesh)
   compiled = step.jitted.lower(state, batch).compile()
   state, metrics = compiled(state, batch)
   info = {"side": f"jax ({a.mlm_head} MLM head)", "setup_s": time.perf_counter() - t0,

@@ -47,7 +47,7 @@ def base_vectors(workdir: str, cache: str, num_queries: int) -> tuple[np.ndarray
     z = np.load(cache)
     return z["images"], z["queries"]
   run = runs.load_run(workdir)
-  d = run.config.data
+  d = run.options.data
   ann_ = annotations.read_annotations(d.name, d.root)
   paths = [r.image_path for s in annotations.SPLITS for r in ann_.images(s)]
   images, _, _, _ = encoding.encode_images(run.model, run.mesh, run.params, paths, tuple(d.image_size), 64,

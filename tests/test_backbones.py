@@ -20,10 +20,10 @@ from tpsearch_jax import objectives
 from tpsearch_jax.bench import flops
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.models import backbones, build_model, method_options
+from tpsearch_jax.models import convert_weights as convert_cli
 from tpsearch_jax.models.bert import bert_tokenizer
 from tpsearch_jax.models.bert.weights import load_bert
 from tpsearch_jax.models.clip import CheckpointError
-from tpsearch_jax.models.clip import convert as convert_cli
 from tpsearch_jax.models.resnet import ResNet, ResNetConfig
 from tpsearch_jax.models.resnet.weights import load_resnet50
 from tpsearch_jax.models.vit.weights import load_vit
@@ -222,7 +222,7 @@ def test_flops_of_the_paper_backbones_match_xla():
     c.model.num_classes = 11
     options = run_options(c)
     model, lo = build_model(options), options.loss
-    b = {k: jnp.asarray(v) for k, v in batch_lib.fake_train_batch(c, 2).items()}
+    b = {k: jnp.asarray(v) for k, v in batch_lib.fake_train_batch(options.batch_options, 2).items()}
     params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, b))["params"]
     fwd = jax.jit(lambda p: objectives.model_loss(model, lo, p, b, jax.random.key(0))[0]).lower(params)
     ratio = float(fwd.cost_analysis()["flops"]) / flops.train_step_flops(options, 2).forward_total

@@ -123,8 +123,8 @@ def test_report_of_a_tiny_part_model(tiny_set):
   o = run_options(c)
   assert applies(o.model, o.data)
   model = build_model(o)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), {k: jax.numpy.asarray(v) for k, v in
-                                                                 batch_lib.fake_train_batch(c, 2).items()})["params"])
+  batch = {k: jax.numpy.asarray(v) for k, v in batch_lib.fake_train_batch(o.batch_options, 2).items()}
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), batch)["params"])
   rng = np.random.default_rng(0)  # random weights without compiling the initialiser; LayerNorm scales 1
   params = jax.tree_util.tree_map_with_path(
       lambda p, s: np.ones(s.shape, np.float32) if "scale" in jax.tree_util.keystr(p)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from tpsearch_jax.models.clip import (CheckpointError, CLIPConfig, check_params, convert_checkpoint, convert_state_dict,
+from tpsearch_jax.models import convert_weights as convert_cli
+from tpsearch_jax.models.clip import (CheckpointError, CLIPConfig, check_params, convert_clip, convert_state_dict,
                                      load_clip, load_clip_params, resize_posemb)
-from tpsearch_jax.models.clip import convert as convert_cli
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "hf_tiny_clip"
 OPENAI_NPZ = FIXTURE / "openai_layout.npz"
@@ -126,7 +126,7 @@ def test_msgpack_round_trip_and_cli(tmp_path, ref):
     load_clip(dst, image_size=(32, 32))
   # the npz needs heads; the CLI reports the problem instead of a traceback
   assert convert_cli.main([f"--src={OPENAI_NPZ}", f"--dst={tmp_path / 'x.msgpack'}"]) == 2
-  cfg = convert_checkpoint(OPENAI_NPZ, tmp_path / "oa.msgpack", **TINY_HEADS)
+  cfg = convert_clip(OPENAI_NPZ, tmp_path / "oa.msgpack", **TINY_HEADS)
   assert cfg.vision_heads == 4
   _assert_parity(*load_clip(tmp_path / "oa.msgpack"), ref)
 
@@ -234,7 +234,7 @@ def test_non_4x_mlp_widths_come_from_the_checkpoint_and_match_transformers(tmp_p
   oa_model, oa_params = load_clip(MLP_FIXTURE / "openai_layout.npz", **TINY_HEADS)  # OpenAI: c_fc weight shapes
   assert (oa_model.config.vision_mlp_dim, oa_model.config.text_mlp_dim) == (72, 40)
   _assert_parity(oa_model, oa_params, mlp_ref)
-  convert_checkpoint(MLP_FIXTURE, tmp_path / "mlp.msgpack")
+  convert_clip(MLP_FIXTURE, tmp_path / "mlp.msgpack")
   _assert_parity(*load_clip(tmp_path / "mlp.msgpack"), mlp_ref)
   # a model configured with the default 4 x width MLPs is told which field differs
   with pytest.raises(CheckpointError, match="vision_mlp_dim: checkpoint 72 vs configured 128"):
@@ -260,14 +260,14 @@ def test_default_mlp_width_config_accepts_a_4x_checkpoint():
 
 def test_convert_command_runs_as_a_module(tmp_path):
   dst = tmp_path / "cli.msgpack"
-  out = subprocess.run([sys.executable, "-m", "tpsearch_jax.models.clip.convert", f"--src={FIXTURE}", f"--dst={dst}"],
-                       capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  out = subprocess.run([sys.executable, "-m", "tpsearch_jax.models.convert_weights", f"--src={FIXTURE}",
+                        f"--dst={dst}"], capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert out.returncode == 0, out.stderr
   assert "mlp 128" in out.stdout and dst.is_file()
 
 
 def test_import_needs_neither_tensorflow_nor_torch():
-  code = ("import sys, tpsearch_jax, tpsearch_jax.models.clip, tpsearch_jax.models.clip.convert; "
+  code = ("import sys, tpsearch_jax, tpsearch_jax.models.clip, tpsearch_jax.models.convert_weights; "
           "print(sorted(m for m in ('tensorflow', 'torch', 'transformers') if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env={**os.environ, "JAX_PLATFORMS": "cpu"})

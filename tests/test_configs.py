@@ -81,8 +81,9 @@ def test_methods_build_from_the_dataset_configs(dataset, methods):
     if c.eval.select_on is None:
       c.eval.select_on = "none"
     c = config_checks.resolve_config(c, num_classes=7)
-    model = build_model(method_options(c))
-    b = {n: jnp.asarray(v) for n, v in batch_lib.fake_train_batch(c, 2).items()}
+    options = run_options(c)
+    model = build_model(options)
+    b = {n: jnp.asarray(v) for n, v in batch_lib.fake_train_batch(options.batch_options, 2).items()}
     params = jax.eval_shape(lambda k: model.init({"params": k, "mining": k, "dropout": k}, b)["params"],
                             jax.random.PRNGKey(0))
     (h, w), p = c.data.image_size, c.model.clip.patch_size

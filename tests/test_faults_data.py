@@ -36,9 +36,11 @@ def truncate_jpeg(path: str) -> None:
     assert im.format == "JPEG" and im.size == (32, 64)
 
 
-def run_config(root: str, **data) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({"data": fx.data_config(name="cuhk_pedes", root=root, **data),
-                                    "eval": {"splits": ("val", "test"), "select_on": "val"}})
+RUN_SPLITS = ("train", "val", "test")  # what a training run evaluating on val and test decodes at start-up
+
+
+def run_data(root: str, **data) -> ml_collections.ConfigDict:
+  return fx.data_config(name="cuhk_pedes", root=root, **data)
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +64,7 @@ def test_bad_test_image_is_found_at_start_up_not_after_training(tmp_path):
   root = fx.write_cuhk(str(tmp_path))
   truncate_jpeg(os.path.join(root, "imgs", TEST_IMAGE))
   with pytest.raises(ImageDecodeError, match=r"CUHK-PEDES test split: 1 of 3 .*p1_s1\.jpg.*skip_corrupt=True"):
-    datasets.load_annotations(run_config(root))
+    datasets.load_annotations(run_data(root), RUN_SPLITS)
   ann = annotations.read_annotations("cuhk_pedes", root)  # the eval pipeline alone also names it when built
   with pytest.raises(ImageDecodeError, match=r"test split.*p1_s1\.jpg"):
     eval_datasets(ann.split("test"), fx.data_config(image_size=(8, 4)), 4)
@@ -85,7 +87,7 @@ def test_decode_check_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch, ca
   decode = image_check.decode_problem
   monkeypatch.setattr(image_check, "decode_problem", lambda s: decoded.append(s) or decode(s))
   with caplog.at_level(logging.INFO):
-    datasets.load_annotations(run_config(root))
+    datasets.load_annotations(run_data(root), RUN_SPLITS)
   assert len(decoded) == 9 and "CUHK-PEDES test split: 3 image files ok (3 decoded" in caplog.text
   with open(os.path.join(root, image_check.CACHE_NAME)) as f:
     stored = json.load(f)
@@ -95,25 +97,25 @@ def test_decode_check_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch, ca
 
   monkeypatch.setattr(image_check, "_CACHES", {})  # a new process: only the file remembers
   decoded.clear()
-  datasets.load_annotations(run_config(root))
+  datasets.load_annotations(run_data(root), RUN_SPLITS)
   assert decoded == []
   Image.fromarray(fx.image_array(0, (16, 8))).save(os.path.join(root, "imgs", TEST_IMAGE))  # changed: decoded again
   monkeypatch.setattr(image_check, "_CACHES", {})
-  datasets.load_annotations(run_config(root))
+  datasets.load_annotations(run_data(root), RUN_SPLITS)
   assert decoded == [os.path.join(root, "imgs", TEST_IMAGE)]
 
 
 def test_unwritable_cache_falls_back_to_checking_uncached(tmp_path, caplog):
   root = fx.write_cuhk(str(tmp_path))
   (tmp_path / "a_file").write_text("")
-  cfg = run_config(root)
-  cfg.data.check_cache = str(tmp_path / "a_file" / "cache.json")  # its parent is a file: cannot be created
+  cfg = run_data(root)
+  cfg.check_cache = str(tmp_path / "a_file" / "cache.json")  # its parent is a file: cannot be created
   with caplog.at_level(logging.WARNING):
-    ann = datasets.load_annotations(cfg)
+    ann = datasets.load_annotations(cfg, RUN_SPLITS)
   assert len(ann.train) == 9 and "cannot write the image check cache" in caplog.text
-  cfg.data.check_cache = "off"
-  datasets.load_annotations(cfg)
-  assert image_check.cache_path(cfg.data) is None and not os.path.exists(os.path.join(root, image_check.CACHE_NAME))
+  cfg.check_cache = "off"
+  datasets.load_annotations(cfg, RUN_SPLITS)
+  assert image_check.cache_path(cfg) is None and not os.path.exists(os.path.join(root, image_check.CACHE_NAME))
 
 
 # ------------------------------------------------------------------------------------------------ one skip rule
@@ -124,15 +126,15 @@ def test_errors_name_the_exact_flag_and_are_user_errors(tmp_path):
   assert issubclass(annotations.AnnotationError, UserError) and issubclass(annotations.AnnotationError, ValueError)
   missing = fx.write_cuhk(str(tmp_path / "m"), "missing_image")
   with pytest.raises(annotations.AnnotationError, match=r"--config\.data\.skip_missing=True"):
-    datasets.load_annotations(run_config(missing))
+    datasets.load_annotations(run_data(missing), RUN_SPLITS)
   corrupt = fx.write_cuhk(str(tmp_path / "c"), "corrupt_image")
   with pytest.raises(ImageDecodeError, match=r"train split.*000_45\.jpg.*--config\.data\.skip_corrupt=True"):
-    datasets.load_annotations(run_config(corrupt))
+    datasets.load_annotations(run_data(corrupt), RUN_SPLITS)
 
 
 @pytest.mark.parametrize("flag", ["skip_missing", "skip_corrupt"])
 def test_missing_images_are_skipped_with_their_captions_by_either_flag(tmp_path, flag):
-  ann = datasets.load_annotations(run_config(fx.write_cuhk(str(tmp_path), "missing_image"), **{flag: True}))
+  ann = datasets.load_annotations(run_data(fx.write_cuhk(str(tmp_path), "missing_image"), **{flag: True}), RUN_SPLITS)
   assert ann.skipped == {"train": {"missing": 1, "corrupt": 0, "captions_dropped": 2},
                          "val": {"missing": 2, "corrupt": 0, "captions_dropped": 4},
                          "test": {"missing": 0, "corrupt": 0, "captions_dropped": 0}}
@@ -153,7 +155,7 @@ def test_corrupt_eval_image_drops_its_captions_and_is_counted(tmp_path, caplog):
   np.testing.assert_array_equal(pids, [5, 6, 6])  # the p1_s1 captions (pid 5) are gone, p1_s2's (pid 5) stay
   assert "dropped the 2 captions of the 1 skipped images" in caplog.text
 
-  ann = datasets.load_annotations(run_config(root, skip_corrupt=True))  # the start-up check drops the same
+  ann = datasets.load_annotations(run_data(root, skip_corrupt=True), RUN_SPLITS)  # the start-up check drops the same
   assert ann.skipped["test"] == {"missing": 0, "corrupt": 1, "captions_dropped": 2}
   images, texts = eval_datasets(ann.split("test"), cfg, 4)
   assert (images.num_examples, texts.num_examples) == (2, 3) and images.skipped == ann.skipped["test"]

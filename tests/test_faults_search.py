@@ -24,7 +24,7 @@ from test_search import tiny_config
 
 from tpsearch_jax import user_errors
 from tpsearch_jax.models import build_model
-from tpsearch_jax.models.clip import convert as convert_cli
+from tpsearch_jax.models import convert_weights as convert_cli
 from tpsearch_jax.models.clip.layouts import CheckpointError
 from tpsearch_jax.models.clip.params_io import save_params
 from tpsearch_jax.search import cli, encoding, index_files, indexing
@@ -367,7 +367,7 @@ def test_convert_errors_are_one_line_with_exit_status_2(tmp_path, capsys, case):
   except SystemExit as e:  # argparse's own errors
     assert e.code == 2
   err = capsys.readouterr().err.strip()
-  assert err.startswith("python -m tpsearch_jax.models.clip.convert: error: ") and "\n" not in err, err
+  assert err.startswith("python -m tpsearch_jax.models.convert_weights: error: ") and "\n" not in err, err
   assert message in err and not dst.exists()
 
 
@@ -379,7 +379,7 @@ def test_save_params_refuses_non_finite_tensors(tmp_path):
 
 
 def test_convert_process_exits_2_with_one_line(tmp_path):
-  out = run_cli("tpsearch_jax.models.clip.convert", f"--src={garbage(tmp_path, 'junk.msgpack')}",
+  out = run_cli("tpsearch_jax.models.convert_weights", f"--src={garbage(tmp_path, 'junk.msgpack')}",
                 f"--dst={tmp_path / 'out.msgpack'}")
   lines = out.stderr.strip().splitlines()
   assert out.returncode == 2 and len(lines) == 1 and "junk.msgpack: not a msgpack params file" in lines[0], out.stderr

@@ -47,7 +47,7 @@ def test_vit_b16_train_step_matches_xla(method):
   options = run_options(config)
   model = build_model(options)
   b = 2
-  batch = {k: jnp.asarray(v) for k, v in example_batch(config, b).items()}
+  batch = {k: jnp.asarray(v) for k, v in example_batch(options.batch_options, b).items()}
   rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1), "mining": jax.random.key(2)}
   params = jax.eval_shape(lambda: model.init(rngs, batch, train=True))["params"]
 

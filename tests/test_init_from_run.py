@@ -13,8 +13,9 @@ import pytest
 from tpsearch_jax import batch as batch_lib
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.config_files import load_config_module
-from tpsearch_jax.models import build_model, method_options
+from tpsearch_jax.models import build_model
 from tpsearch_jax.training import checkpointing, config_checks, init_from_run
+from tpsearch_jax.training import setup as setup_lib
 from tpsearch_jax.training import state as state_lib
 from tpsearch_jax.training.optim import path_name
 from tpsearch_jax.training.options import run_options
@@ -69,8 +70,8 @@ def target():
   c = tiny_config("pcc")
   c.train.fsdp = True
   c.train.fsdp_min_size = 1
-  mesh = shd.mesh_from_config(c)
   options = run_options(c)
+  mesh = shd.run_mesh(options.mesh_sizes, options.fsdp)
   state, tx, shardings = state_lib.create_train_state(options, build_model(options), mesh, jax.random.PRNGKey(0))
   return c, mesh, tx, shardings, state
 
@@ -81,7 +82,7 @@ def test_loads_matching_towers_keeps_the_rest_fresh(source_run, target):
   c = c.copy_and_resolve_references()
   c.init.run = workdir
   fresh = flat(state.params)
-  out = init_from_run.initialise_from_run(state, c, mesh, tx, shardings)
+  out = init_from_run.initialise_from_run(state, c.init.run, c.init.run_exclude, mesh, tx, shardings)
   got, best = flat(out.params), saved[("best", 3)]
   clip_paths = [p for p in got if p.startswith("clip/")]
   assert clip_paths and set(clip_paths) == {p for p in best if p.startswith("clip/")}
@@ -104,12 +105,13 @@ def test_step_choice_and_exclude(source_run, target):
   c = c.copy_and_resolve_references()
   c.init.run, c.init.run_exclude = f"{workdir}:5", r"^clip/visual/"
   fresh = flat(state.params)
-  got, last = flat(init_from_run.initialise_from_run(state, c, mesh, tx, shardings).params), saved[("checkpoints", 5)]
+  out = init_from_run.initialise_from_run(state, c.init.run, c.init.run_exclude, mesh, tx, shardings)
+  got, last = flat(out.params), saved[("checkpoints", 5)]
   for p in got:
     want = last[p] if p.startswith("clip/") and not p.startswith("clip/visual/") else fresh[p]
     np.testing.assert_array_equal(got[p], want, err_msg=p)
   with pytest.raises(UserError, match=r"config.init.run: no step 4 in .*best/4"):
-    init_from_run.restore_run_params(f"{workdir}:4", mesh)
+    init_from_run.load_source_run(f"{workdir}:4", mesh)
 
 
 def test_shape_mismatch_and_bad_folder_refused(source_run, tmp_path):
@@ -122,10 +124,10 @@ def test_shape_mismatch_and_bad_folder_refused(source_run, tmp_path):
                      r"\(\d+, 8\) here"):
     init_from_run.plan(abstract.params, _nest(source))
   with pytest.raises(UserError, match="config.init.run: .* not a directory"):
-    init_from_run.restore_run_params(str(tmp_path / "nothing"), shd.create_mesh())
+    init_from_run.load_source_run(str(tmp_path / "nothing"), shd.create_mesh())
   c.init.run, c.init.clip = workdir, "/some/clip"
   with pytest.raises(UserError, match="config.init.run is set together with config.init.clip"):
-    init_from_run.initialise_from_run(None, c, None, None, None)
+    setup_lib.init_run_spec(c.init)
 
 
 def _nest(flat_tree):
@@ -158,8 +160,10 @@ def test_finetune_configs_load_every_tower_param_of_the_pretraining_run(method):
                                     num_classes=10)
   assert ft.init.run == "/tmp/tpsearch_synthetic_pretrain" and ft.data.synthetic.seed != pre.data.synthetic.seed
   assert ft.data.root != pre.data.root and pre.data.synthetic.caption_style == "plain"
-  shapes = [jax.eval_shape(lambda c=c: build_model(method_options(c)).init(jax.random.key(0), {
-      k: jax.numpy.asarray(v) for k, v in batch_lib.fake_train_batch(c, 2).items()})["params"]) for c in (ft, pre)]
+  options = [run_options(c) for c in (ft, pre)]
+  shapes = [jax.eval_shape(lambda o=o: build_model(o).init(jax.random.key(0), {
+      k: jax.numpy.asarray(v) for k, v in batch_lib.fake_train_batch(o.batch_options, 2).items()})["params"])
+            for o in options]
   decisions = init_from_run.plan(*shapes)
   assert {p for p, d in decisions.items() if d == "loaded"} == {p for p in decisions if p.startswith("clip/")}
 

@@ -31,7 +31,8 @@ def _reference_factor(e: float, total=60, warmup=5, start=0.1) -> float:
 
 def test_schedule_matches_reference_per_epoch():
   steps_per_epoch = 7
-  schedule = optim.make_schedule(_config(), steps_per_epoch)
+  config = _config()
+  schedule = optim.make_schedule(config.optim, config.schedule, steps_per_epoch)
   steps = np.arange(60 * steps_per_epoch)
   got = np.asarray(jax.vmap(schedule)(steps))
   want = np.asarray([1e-5 * _reference_factor(s // steps_per_epoch) for s in steps])
@@ -46,7 +47,8 @@ def test_schedule_matches_reference_per_epoch():
 
 def test_schedule_per_step_uses_fractional_epoch():
   steps_per_epoch = 10
-  schedule = optim.make_schedule(_config(per_step=True), steps_per_epoch)
+  config = _config(per_step=True)
+  schedule = optim.make_schedule(config.optim, config.schedule, steps_per_epoch)
   for step in (0, 3, 25, 49, 50, 51, 377, 599):
     want = 1e-5 * _reference_factor(step / steps_per_epoch)
     np.testing.assert_allclose(float(schedule(step)), want, rtol=1e-5)
@@ -116,7 +118,7 @@ def test_update_matches_torch_adam_l2_reference():
   tree = lambda d: {"clip": {"dense": {"kernel": d["w"], "bias": d["b"]}}, "classifier": {"kernel": d["c"]}}
   params = jax.tree.map(jnp.asarray, tree(params_np))
   steps_per_epoch = 2
-  tx = optim.create_optimizer(config, steps_per_epoch)
+  tx = optim.create_optimizer(config.optim, config.schedule, steps_per_epoch)
   state = tx.init(params)
   grads_seq = [{k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()} for _ in range(6)]
   update = jax.jit(tx.update)
@@ -137,11 +139,11 @@ def test_unknown_optimizer_and_schedule_rejected():
   config = _config()
   config.optim.name = "sgd"
   with pytest.raises(ValueError, match="only 'adam'"):
-    optim.create_optimizer(config, 10)
+    optim.create_optimizer(config.optim, config.schedule, 10)
   config = _config()
   config.schedule.name = "linear"  # "step" (MultiStepLR) is a schedule now: pcc_paper_*
   with pytest.raises(ValueError, match="schedule.name"):
-    optim.make_schedule(config, 10)
+    optim.make_schedule(config.optim, config.schedule, 10)
 
 
 def test_group_rules_regex_first_match_and_field_names():

@@ -101,9 +101,8 @@ def _irra_module(path: str) -> tuple[str, str]:
 def irra_params():
   cfg = tiny_model_config("irra")
   model = build_model(method_options(cfg))
-  c = load("cuhk", "irra")
-  c.model.clip.image_size, c.data.image_size = (48, 16), (48, 16)
-  b = {k: jnp.asarray(v) for k, v in batch_lib.fake_train_batch(c, 2).items()}
+  shape = batch_lib.BatchOptions((48, 16), load("cuhk", "irra").data.context_length)
+  b = {k: jnp.asarray(v) for k, v in batch_lib.fake_train_batch(shape, 2).items()}
   return jax.eval_shape(lambda k: model.init({"params": k, "mining": k, "dropout": k}, b)["params"],
                         jax.random.key(0))
 
@@ -232,9 +231,8 @@ def test_a_padded_short_batch_trains_like_the_unpadded_batch(method):
   cfg = tiny_model_config(method)
   cfg["model"]["clip"].update(vision_layers=1, text_layers=1)
   cfg["model"]["cross_layers"] = 1
-  c = load("cuhk", method)
-  c.model.clip.image_size, c.data.image_size, c.model.num_classes = (48, 16), (48, 16), 3
-  short = batch_lib.fake_train_batch(c, n, seed=1)
+  shape = batch_lib.BatchOptions((48, 16), load("cuhk", method).data.context_length, num_classes=3)
+  short = batch_lib.fake_train_batch(shape, n, seed=1)
   assert len(set(short["pids"].tolist())) > 1 and short["mlm_labels"].any()
   rows = np.arange(b) % n  # samplers.StepIndexer.global_batch: the short batch cycled to B rows
   padded = {k: v[rows] for k, v in short.items()}

@@ -46,7 +46,8 @@ def shrink(c, batch_size: int = 8):
 def random_batch(c, batch_size: int, seed: int = 0, num_classes: int = 5) -> dict[str, np.ndarray]:
   """A train batch of the contract with random images and captions; identities repeat (2 rows per pid)."""
   rng = np.random.default_rng(seed)
-  b = batch_lib.fake_train_batch(c, batch_size)
+  b = batch_lib.fake_train_batch(batch_lib.BatchOptions(tuple(c.data.image_size), int(c.data.context_length)),
+                                 batch_size)
   b["images"] = rng.normal(size=b["images"].shape).astype(np.float32)
   words = rng.integers(300, 2000, size=(batch_size, 8))
   b["caption_ids"][:, 1:9] = words
@@ -279,7 +280,11 @@ def test_resume_inside_an_epoch_after_sigterm_and_after_a_kill_equals_the_uninte
 
 def test_mesh_config_shapes_fsdp_axis_and_errors(tiny):
   c = tiny["config"].copy_and_resolve_references()
-  shape = lambda cfg: dict(shd.mesh_from_config(cfg).shape)  # noqa: E731
+
+  def shape(cfg):
+    o = run_options(cfg)
+    return dict(shd.run_mesh(o.mesh_sizes, o.fsdp).shape)
+
   assert shape(c) == {"data": 8, "fsdp": 1}
   c.mesh.fsdp = 2
   assert shape(c) == {"data": 4, "fsdp": 2}
@@ -292,9 +297,8 @@ def test_mesh_config_shapes_fsdp_axis_and_errors(tiny):
                                 ((-1, 3), r"config.mesh.fsdp=3 does not divide the 8 devices"),
                                 ((-1, -1), r"config.mesh.data and config.mesh.fsdp are both -1"),
                                 ((0, 1), r"config.mesh.data=0: expected a positive number")]:
-    c.mesh.data, c.mesh.fsdp = data, fsdp
     with pytest.raises(ValueError, match=message):
-      shd.mesh_from_config(c)
+      shd.run_mesh((data, fsdp))
   # Params are split over "fsdp" only (replicated over "data"); the batch over every device.
   mesh = shd.create_mesh(data=4, fsdp=2)
   c.train.fsdp_min_size = 1
@@ -310,8 +314,8 @@ def test_step_on_data_by_fsdp_mesh_equals_step_on_1_device(tiny):
   c.mesh.data, c.mesh.fsdp, c.train.fsdp_min_size = 4, 2, 1
   batches = [random_batch(c, 16, seed=s) for s in (5, 6)]
   want, want_losses = _run(tiny["step1"], jax.device_put(tiny["host_state"], tiny["sh1"]), batches)
-  mesh = shd.mesh_from_config(c)
   options = run_options(c)
+  mesh = shd.run_mesh(options.mesh_sizes, options.fsdp)
   _, _, sh = state_lib.abstract_train_state(options, model, mesh)
   got, got_losses = _run(state_lib.make_train_step(options.loss, model, tx, mesh, sh),
                          jax.device_put(tiny["host_state"], sh), batches)

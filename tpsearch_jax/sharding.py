@@ -54,17 +54,17 @@ def create_mesh(devices: Sequence[jax.Device] | None = None, *, data: int = -1, 
   return Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
-def mesh_from_config(config, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """The run's mesh: ``config.mesh`` (data, fsdp), with ``config.train.fsdp=True`` meaning fsdp over every device
-  unless ``config.mesh.fsdp`` says otherwise."""
-  m = config.get("mesh") or {}
-  data, fsdp = int(m.get("data", -1)), int(m.get("fsdp", 1))
-  if bool(config.train.get("fsdp", False)) and fsdp == 1:
+def run_mesh(sizes: tuple[int, int] = (-1, 1), fsdp: bool = False,
+             devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The run's mesh: ``sizes`` = ``config.mesh``'s (data, fsdp) sizes, with ``fsdp`` (``config.train.fsdp``) meaning
+  fsdp over every device unless ``config.mesh.fsdp`` says otherwise."""
+  data, size = (int(v) for v in sizes)
+  if fsdp and size == 1:
     if data not in (-1, 1):
       raise UserError(f"config.train.fsdp=True shards over every device, but config.mesh.data={data}: set "
                        "config.mesh.fsdp instead (FSDP over its axis, data parallel over config.mesh.data)")
-    data, fsdp = 1, -1
-  return create_mesh(devices, data=data, fsdp=fsdp)
+    data, size = 1, -1
+  return create_mesh(devices, data=data, fsdp=size)
 
 
 def num_batch_shards(mesh: Mesh) -> int:

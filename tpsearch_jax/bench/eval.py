@@ -37,7 +37,7 @@ def bench_eval(s: MethodSetup, results: Results, preset: Preset, args) -> None:
   rng = np.random.default_rng(1)
   h, w = config.data.image_size
   images = rng.standard_normal((eb, h, w, 3), dtype=np.float32)  # [eb, H, W, 3]
-  ids = batch_lib.fake_train_batch(s.options, eb, seed=1)["caption_ids"]  # [eb, L]
+  ids = batch_lib.fake_train_batch(s.options.batch_options, eb, seed=1)["caption_ids"]  # [eb, L]
   params = s.state.params
   nb = int(args.eval_batches or preset.eval_batches)
   windows = int(args.windows or preset.windows)

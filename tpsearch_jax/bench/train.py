@@ -45,7 +45,7 @@ def setup_method(config, options: Options, seed: int = 0) -> MethodSetup:
   mesh = sharding.create_mesh()
   check_parallelism(config, mesh)
   model = build_model(options)
-  batch_np = batch_lib.fake_train_batch(options, int(config.train.batch_size), seed)
+  batch_np = batch_lib.fake_train_batch(options.batch_options, int(config.train.batch_size), seed)
   state, tx, shardings = state_lib.create_train_state(options, model, mesh, jax.random.PRNGKey(seed), batch_np)
   step = state_lib.make_train_step(options.loss, model, tx, mesh, shardings)
   return MethodSetup(config, options, model, mesh, state, shardings, step, sharding.to_global(batch_np, mesh))

@@ -1,5 +1,6 @@
-"""Loading a dataset by config: ``load_annotations(config)`` reads (synthetic_pedes: first generates) the annotations
-and fully decodes every image of the splits the run reads (``image_check``), before anything is built or compiled.
+"""Loading a dataset by its data section: ``load_annotations(config_data, splits)`` reads (synthetic_pedes: first
+generates) the annotations and fully decodes every image of ``splits`` (``image_check``), before anything is built or
+compiled.
 
 No TensorFlow. On several hosts, process 0 generates synthetic_pedes and the others wait (and write their own copy
 when the folder is not shared).
@@ -30,30 +31,17 @@ HOW_TO_GET = {
 }
 
 
-def dataset_root(config) -> str:
-  """``config.data.root`` as an absolute path."""
-  return os.path.abspath(os.path.expanduser(config.data.root))
-
-
-def run_splits(config) -> tuple[str, ...]:
-  """The splits a training run reads: train, ``config.eval.splits`` and ``config.eval.select_on`` (unless "none")."""
-  ev = config.get("eval")
-  wanted = ["train", *(("val", "test") if ev is None else (*ev.get("splits", ()), ev.get("select_on", "none")))]
-  return tuple(s for s in dict.fromkeys(wanted) if s in ann_lib.SPLITS)
-
-
-def load_annotations(config, splits: Sequence[str] | None = None) -> ann_lib.Annotations:
-  """config.data → Annotations whose images of ``splits`` (default ``run_splits(config)``) all decode.
+def load_annotations(config_data, splits: Sequence[str]) -> ann_lib.Annotations:
+  """config_data: the run's data section (``Options.data``) → Annotations whose images of ``splits`` all decode.
 
   A missing or malformed dataset raises AnnotationError naming the folder and how to get the data; a missing or
   undecodable image raises ImageDecodeError naming it and its split, or is dropped with its captions by
   data.skip_missing / data.skip_corrupt (counted in ``Annotations.skipped``). With data.use_tfds the images are
   checked by the pipeline instead (they come from the records); data.verify_images=False skips the decode check.
   """
-  d = config.data
-  root = dataset_root(config)
-  if d.name == "synthetic_pedes":
-    args = dict(d.synthetic)
+  root = os.path.abspath(os.path.expanduser(config_data.root))
+  if config_data.name == "synthetic_pedes":
+    args = dict(config_data.synthetic)
     if jax.process_index() == 0:
       synthetic.ensure(root, **args)
     if jax.process_count() > 1:
@@ -62,14 +50,14 @@ def load_annotations(config, splits: Sequence[str] | None = None) -> ann_lib.Ann
         synthetic.ensure(root, **args)  # not a shared file system: every host writes its own (identical) copy
   try:
     # With prepared TFDS records the images are read from the records, not from imgs/ (checked by the pipeline).
-    ann = ann_lib.read_annotations(d.name, root, check_images=not d.use_tfds,
-                                   skip_missing=bool(d.skip_missing or d.skip_corrupt))
+    ann = ann_lib.read_annotations(config_data.name, root, check_images=not config_data.use_tfds,
+                                   skip_missing=bool(config_data.skip_missing or config_data.skip_corrupt))
   except (ann_lib.AnnotationError, FileNotFoundError) as e:
     raise ann_lib.AnnotationError(
-        f"{e}\nLooked in {root} (config.data.root). {HOW_TO_GET.get(d.name, '')} "
+        f"{e}\nLooked in {root} (config.data.root). {HOW_TO_GET.get(config_data.name, '')} "
         f"Point --config.data.root at the dataset folder.") from e
-  if d.verify_images and not d.use_tfds:
-    ann = decode_check(ann, d, run_splits(config) if splits is None else splits)
+  if config_data.verify_images and not config_data.use_tfds:
+    ann = decode_check(ann, config_data, splits)
   return ann
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tpsearch_jax.models.part_decoder import stripe_bounds
+from tpsearch_jax.training.options import Options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +45,11 @@ class Layout:
                tuple(d["grid"]) if d.get("grid") else None, tuple(tuple(s) for s in d.get("stripes", ())))
 
 
-def layout_from_config(config, dim: int, num_patches: int | None = None) -> Layout:
-  """A run's config + its retrieval-vector width D (+ the foreground length N = gh·gw of part models) → its
+def vector_layout(options: Options, dim: int, num_patches: int | None = None) -> Layout:
+  """A run's options + its retrieval-vector width D (+ the foreground length N = gh·gw of part models) → its
   ``Layout``: the pieces and weights of ``RetrievalModel._piece_weights``, E = D / M, and the patch grid (gh, gw) with
-  gh / gw = H / W of ``config.data.image_size`` (any backbone with a regular patch grid)."""
-  m, w = config.model, config.model.embed_weights
+  gh / gw = H / W of ``options.data.image_size`` (any backbone with a regular patch grid)."""
+  m, w = options.model, options.model.embed_weights
   if not m.use_parts:
     return Layout(("global",), (1.0,), int(dim))
   nq, p = int(m.part.num_queries), int(m.part.num_parts)
@@ -57,7 +58,7 @@ def layout_from_config(config, dim: int, num_patches: int | None = None) -> Layo
   if dim % len(names) or not num_patches:
     raise ValueError(f"vectors of width {dim} with {num_patches} foreground values do not fit {len(names)} pieces "
                      "of a part model: rebuild the index with this run")
-  h, wd = (int(v) for v in config.data.image_size)
+  h, wd = (int(v) for v in options.data.image_size)
   gh = round((num_patches * h / wd) ** 0.5)
   if gh < 1 or num_patches % gh:
     raise ValueError(f"cannot lay {num_patches} patches out as a grid of aspect {h}:{wd}")

@@ -39,7 +39,7 @@ def run_fingerprint(run: runs.Run, workdir: str, dim: int) -> dict:
 
 def text_dim(run: runs.Run) -> int:
   """D of the run's text retrieval vectors, from shapes only (nothing is computed)."""
-  ids = jax.ShapeDtypeStruct((1, int(run.config.data.context_length)), np.int32)
+  ids = jax.ShapeDtypeStruct((1, int(run.options.data.context_length)), np.int32)
   out = jax.eval_shape(lambda p, x: run.model.apply({"params": p}, x, method="encode_texts"), run.params, ids)
   return int(out.shape[-1])
 

@@ -58,10 +58,11 @@ def build(workdir: str, images: str, index_dir: str, checkpoint: str = "auto", b
   stats = image_files.file_stats(paths)
   old = reusable_rows(index_dir, fp, root)
   todo = [p for p, st in zip(paths, stats) if p not in old or not np.array_equal(old[p][0], st)]
-  image_size = tuple(run.config.data.image_size)
+  data = run.options.data
+  image_size = tuple(data.image_size)
   logging.info("%d images under %s: %d to encode, %d already in the index", len(paths), root, len(todo),
                len(paths) - len(todo))
-  normalization = run.config.data.get("normalization", "clip")  # runs from before the field: CLIP's
+  normalization = data.get("normalization", "clip")  # runs from before the field: CLIP's
   new_emb, new_fg, kept, bad = (encoding.encode_images(run.model, run.mesh, run.params, todo, image_size, batch_size,
                                                        skip_bad, progress, normalization)
                                 if todo else (None, None, [], []))
@@ -80,7 +81,7 @@ def build(workdir: str, images: str, index_dir: str, checkpoint: str = "auto", b
   if not rows:
     raise user_errors.UserError(f"no readable images to index under {root}")
   os.makedirs(index_dir, exist_ok=True)
-  layout = explain.layout_from_config(run.config, int(emb[0].shape[0]), None if fg[0] is None else len(fg[0]))
+  layout = explain.vector_layout(run.options, int(emb[0].shape[0]), None if fg[0] is None else len(fg[0]))
   index_files.save_array(index_dir, INDEX_EMB, np.stack(emb).astype(np.float16))
   index_files.save_array(index_dir, INDEX_STATS, stats[rows])
   index_files.save_json(index_dir, INDEX_PATHS, [paths[i] for i in rows])
@@ -101,8 +102,8 @@ def build(workdir: str, images: str, index_dir: str, checkpoint: str = "auto", b
       os.remove(os.path.join(index_dir, stale))
   meta = {"format_version": index_files.FORMAT_VERSION, "workdir": ckpt_lib.resolve_dir(workdir),
           "checkpoint": run.checkpoint, "checkpoint_choice": checkpoint, "fingerprint": fp, "images_root": root, "num_images": len(rows),
-          "num_skipped": len(bad), "dim": fp["dim"], "method": run.config.model.name,
-          "image_size": list(image_size), "context_length": int(run.config.data.context_length),
+          "num_skipped": len(bad), "dim": fp["dim"], "method": run.options.model.name,
+          "image_size": list(image_size), "context_length": int(data.context_length),
           "layout": layout.to_json(),
           "sha256": {n: index_files.file_sha256(os.path.join(index_dir, n)) for n in written}}
   if dataset:

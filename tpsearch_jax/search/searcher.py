@@ -21,6 +21,7 @@ from absl import logging
 from tpsearch_jax import user_errors
 from tpsearch_jax.models import text_tokenizers
 from tpsearch_jax.search import ann, attribution, encoding, explain, fingerprint, index_files, query_text, topk
+from tpsearch_jax.training.options import Options
 
 MAX_K = 100
 
@@ -64,11 +65,11 @@ class Answer:
   hits: list[Hit]
 
 
-def patch_of(config) -> int:
+def patch_of(options: Options) -> int:
   """The image backbone's patch (or output stride) in pixels: the occlusion block's smallest side."""
-  backbone = config.model.get("backbone", "clip") or "clip"
+  backbone = options.model.backbone
   if backbone == "clip":
-    return int(config.model.clip.patch_size)
+    return int(options.clip.patch_size)
   return 16 if backbone == "vit_bert" else 32
 
 
@@ -90,13 +91,14 @@ class Searcher:
     self.workdir = workdir or self.meta["workdir"]
     self.run, self.mesh = run, run.mesh
     self.layout = (explain.Layout.from_json(self.meta["layout"]) if "layout" in self.meta
-                   else explain.layout_from_config(run.config, self.embeddings.shape[1],
-                                                   None if self.foreground is None else self.foreground.shape[1]))
-    self.context_length = int(run.config.data.context_length)
-    self.tokenize = text_tokenizers.caption_tokenizer(run.config.data)
-    self.image_size = tuple(int(v) for v in run.config.data.image_size)
-    self.normalization = run.config.data.get("normalization", "clip")
-    self.block_side = attribution.block_grid(self.image_size, patch_of(run.config))[0]
+                   else explain.vector_layout(run.options, self.embeddings.shape[1],
+                                              None if self.foreground is None else self.foreground.shape[1]))
+    data = run.options.data
+    self.context_length = int(data.context_length)
+    self.tokenize = text_tokenizers.caption_tokenizer(data)
+    self.image_size = tuple(int(v) for v in data.image_size)
+    self.normalization = data.get("normalization", "clip")
+    self.block_side = attribution.block_grid(self.image_size, patch_of(run.options))[0]
     self.query_batch = -(-max(1, query_batch) // self.mesh.size) * self.mesh.size
     self.max_k = max_k
     self.k_search = max(1, min(max_k, len(self.paths)))

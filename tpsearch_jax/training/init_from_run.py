@@ -1,13 +1,13 @@
 """``config.init.run``: start a run from the parameters of another run of this project.
 
 ``WORKDIR`` takes its best checkpoint, else its newest in ``checkpoints/``; ``WORKDIR:STEP`` takes step STEP (from
-``best/`` if it is there, else ``checkpoints/``). The source run is rebuilt from its own ``config.json`` and its
-params are restored through orbax with shardings on this run's mesh (every process reads its own shards). Then every
-parameter of this model whose path exists in the source with the same shape takes the source's value (cast to this
-run's dtype, placed with this run's sharding); the rest (part model, classifier, heads the source lacks) keep their
-fresh initialisation from ``config.seed``. ``config.init.run_exclude`` (a regex on "a/b/c" parameter paths) keeps
-matching parameters fresh as well. A path present in both with different shapes is a one-line ``UserError`` naming
-the tensor; source parameters this model lacks are ignored (counted in the start-up table).
+``best/`` if it is there, else ``checkpoints/``). The source run is loaded with its own ``config.json``
+(``runs.load_run``), its params restored through orbax with shardings on this run's mesh (every process reads its own
+shards). Then every parameter of this model whose path exists in the source with the same shape takes the source's
+value (cast to this run's dtype, placed with this run's sharding); the rest (part model, classifier, heads the source
+lacks) keep their fresh initialisation from ``config.seed``. ``config.init.run_exclude`` (a regex on "a/b/c"
+parameter paths) keeps matching parameters fresh as well. A path present in both with different shapes is a one-line
+``UserError`` naming the tensor; source parameters this model lacks are ignored (counted in the start-up table).
 """
 
 from __future__ import annotations
@@ -20,12 +20,9 @@ from typing import Any
 import jax
 from absl import logging
 
-from tpsearch_jax.models import build_model
 from tpsearch_jax.training import checkpointing as ckpt_lib
 from tpsearch_jax.training import optim
 from tpsearch_jax.training import runs
-from tpsearch_jax.training import state as state_lib
-from tpsearch_jax.training.options import run_options
 from tpsearch_jax.user_errors import UserError
 
 
@@ -37,18 +34,11 @@ def parse_spec(spec: str) -> tuple[str, int | None]:
   return str(spec), None
 
 
-def restore_run_params(spec: str, mesh) -> tuple[Any, str, int]:
-  """``config.init.run`` value → (params of that run as jax.Arrays on ``mesh``, checkpoint folder, step)."""
+def load_source_run(spec: str, mesh) -> runs.Run:
+  """``config.init.run`` value → that run (``runs.load_run``), its params as jax.Arrays on ``mesh``."""
   workdir, step = parse_spec(spec)
   if not os.path.isdir(ckpt_lib.resolve_dir(workdir)):
     raise UserError(f"config.init.run: {workdir} is not a directory (expected a training run folder)")
-  try:
-    config = runs.read_config(workdir)
-  except FileNotFoundError as e:
-    raise UserError(f"config.init.run: {e}") from None
-  options = run_options(config)
-  model = build_model(options)
-  abstract, _, _ = state_lib.abstract_train_state(options, model, mesh)
   if step is None:
     choice = "auto"
   else:
@@ -58,10 +48,10 @@ def restore_run_params(spec: str, mesh) -> tuple[Any, str, int]:
     if not found:
       raise UserError(f"config.init.run: no step {step} in {folders[0]} or {folders[1]}")
     choice = found[0]
-  restored = runs.restore_params(abstract, workdir, choice)
-  if restored is None:
-    raise UserError(f"config.init.run: no checkpoint in {workdir}/{ckpt_lib.BEST} or {workdir}/{ckpt_lib.LAST}")
-  return restored
+  try:
+    return runs.load_run(workdir, choice, mesh=mesh)
+  except FileNotFoundError as e:  # no config.json, or no checkpoint
+    raise UserError(f"config.init.run: {e}") from None
 
 
 def _leaves(tree) -> dict[str, Any]:
@@ -118,15 +108,14 @@ def merge(fresh, source, decisions: dict[str, str], shardings):
   return jax.tree_util.tree_map_with_path(lambda p, x: by_path.get(optim.path_name(p), x), fresh)
 
 
-def initialise_from_run(state, config, mesh, tx, shardings):
-  """TrainState → the same with params taken from ``config.init.run`` where they match (see the module docstring)
-  and the optimizer state re-initialised on them; logs the loaded / new table."""
-  if config.init.get("clip") or any(config.init.get(f) for f in ("bert", "vit", "resnet")):
-    raise UserError("config.init.run is set together with config.init.clip/bert/vit/resnet: choose one")
-  source, folder, step = restore_run_params(config.init.run, mesh)
-  decisions = plan(state.params, source, config.init.get("run_exclude"))
-  logging.info("Initialising from %s (step %d), config.init.run:\n%s", folder, step,
-               table(state.params, source, decisions))
-  params = merge(state.params, source, decisions, shardings.params)
+def initialise_from_run(state, spec: str, exclude: str | None, mesh, tx, shardings):
+  """TrainState → the same with params taken from the run ``spec`` ("WORKDIR[:STEP]", ``config.init.run``) where
+  they match and ``exclude`` (``config.init.run_exclude``) does not (see the module docstring), and the optimizer
+  state re-initialised on them; logs the loaded / new table."""
+  source = load_source_run(spec, mesh)
+  decisions = plan(state.params, source.params, exclude)
+  logging.info("Initialising from %s (step %d), config.init.run:\n%s", source.checkpoint, source.step,
+               table(state.params, source.params, decisions))
+  params = merge(state.params, source.params, decisions, shardings.params)
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
   return state.replace(params=params, opt_state=opt_state)

@@ -182,13 +182,12 @@ def lr_factor(t, num_epochs: int, warmup_epochs: int, warmup_factor: float, name
   return jnp.where(e < warmup_epochs, warm, after)
 
 
-def make_schedule(config, steps_per_epoch: int) -> Callable[[Any], jax.Array]:
-  """Learning rate as a function of the optimizer step (int scalar) → float32 scalar (base group, lr × 1).
-
-  config: anything with the ``schedule`` and ``optim`` sections (a run config, ``training.options.Options``)."""
+def make_schedule(optim_config, schedule_config, steps_per_epoch: int) -> Callable[[Any], jax.Array]:
+  """Learning rate as a function of the optimizer step (int scalar) → float32 scalar (base group, lr × 1), from the
+  ``config.optim`` / ``config.schedule`` sections (``Options.optim`` / ``Options.schedule``)."""
   if steps_per_epoch <= 0:
     raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
-  s, base = config.schedule, float(config.optim.lr)
+  s, base = schedule_config, float(optim_config.lr)
   if s.name not in SCHEDULES:
     raise ValueError(f"config.schedule.name={s.name!r}: expected one of {SCHEDULES}")
   args = (int(s.num_epochs), int(s.warmup_epochs), float(s.warmup_factor), s.name)
@@ -238,10 +237,10 @@ def _scale_by_group_lr(optim_config) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def create_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam(b1, b2, eps) with L2 decay, per-group lr multipliers and the epoch schedule, from ``config.optim`` and
-  ``config.schedule`` (a run config or ``training.options.Options``)."""
-  o = config.optim
+def create_optimizer(optim_config, schedule_config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Adam(b1, b2, eps) with L2 decay, per-group lr multipliers and the epoch schedule, from the ``config.optim`` /
+  ``config.schedule`` sections (``Options.optim`` / ``Options.schedule``)."""
+  o = optim_config
   if o.name != "adam":
     raise ValueError(f"config.optim.name={o.name!r}: only 'adam' (the reference optimizer) is implemented")
   parts = []
@@ -251,6 +250,6 @@ def create_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformati
       _add_l2_by_group(o),
       optax.scale_by_adam(b1=float(o.b1), b2=float(o.b2), eps=float(o.eps)),
       _scale_by_group_lr(o),
-      optax.scale_by_learning_rate(make_schedule(config, steps_per_epoch)),
+      optax.scale_by_learning_rate(make_schedule(o, schedule_config, steps_per_epoch)),
   ]
   return optax.chain(*parts)

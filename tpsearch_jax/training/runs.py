@@ -1,5 +1,5 @@
 """The one way to load a trained run: ``load_run(workdir, checkpoint)`` → ``Run`` (config, model, mesh, params, the
-checkpoint folder and step), from a work directory's best / last / a step folder.
+checkpoint folder and step, the run's ``Options``), from a work directory's best / last / a step folder.
 
 Every caller takes the ``Run`` (``--mode=eval``, search's index build and pinned loading, the study, the notebooks,
 ``tpsearch_jax.load_run``); nothing unpacks a tuple. No TensorFlow.
@@ -20,7 +20,7 @@ from tpsearch_jax import sharding as shd
 from tpsearch_jax.models import build_model
 from tpsearch_jax.training import checkpointing as ckpt_lib
 from tpsearch_jax.training import state as state_lib
-from tpsearch_jax.training.options import run_options
+from tpsearch_jax.training.options import Options, run_options
 from tpsearch_jax.user_errors import UserError, first_line
 
 CONFIG_FILE = "config.json"
@@ -28,7 +28,8 @@ CONFIG_FILE = "config.json"
 
 @dataclasses.dataclass
 class Run:
-  """A loaded run: its config, model, mesh, params (on the mesh), the checkpoint folder and step they came from."""
+  """A loaded run: its config, model, mesh, params (on the mesh), the checkpoint folder and step they came from, and
+  its options (``run_options(config)``: what callers read instead of the config)."""
 
   config: ml_collections.ConfigDict
   model: Any
@@ -36,6 +37,7 @@ class Run:
   params: Any
   checkpoint: str
   step: int
+  options: Options
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -107,4 +109,4 @@ def load_run(workdir: str, checkpoint: str = "auto", *, config: ml_collections.C
     raise FileNotFoundError(f"no {checkpoint} checkpoint in {ckpt_lib.resolve_dir(workdir)} (looked in {looked})")
   params, folder, step = found
   logging.info("Loaded %s (step %d)", folder, step)
-  return Run(config, model, mesh, params, folder, step)
+  return Run(config, model, mesh, params, folder, step, options)

@@ -15,6 +15,7 @@ from tpsearch_jax import evaluate as eval_lib
 from tpsearch_jax import evaluate_binding
 from tpsearch_jax import sharding as shd
 from tpsearch_jax.data import datasets
+from tpsearch_jax.data.annotations import SPLITS
 from tpsearch_jax.data.pipeline import evaluation as eval_pipeline
 from tpsearch_jax.data.pipeline import training as train_pipeline
 from tpsearch_jax.data.synthetic import hard_subset
@@ -113,17 +114,18 @@ def build_setup(config, *, train: bool) -> Setup:
   the epoch), fills ``model.num_classes`` from it, reads the run's ``Options`` once, builds the model and the
   abstract state. Writes no file (``write_config`` does, once a run is known to start or resume legitimately)."""
   subset_names(config)  # cheap checks before touching the data
-  ann = datasets.load_annotations(config)  # the train split too in eval-only runs: it decides num_classes
+  # Read before the options: the train split decides num_classes (in eval-only runs too).
+  ann = datasets.load_annotations(ml_collections.FrozenConfigDict(config.data), run_splits(config))
   config = fill_num_classes(config, ann.num_classes)
   options = run_options(config)
   warn_if_test_selection(config)
   if config.eval.select_on == "val" and not ann.spec.has_val:
     raise UserError(f"{ann.spec.display_name} has no val split: set --config.eval.select_on=none or =test")
-  mesh = shd.mesh_from_config(config)
+  mesh = shd.run_mesh(options.mesh_sizes, options.fsdp)
   check_parallelism(config, mesh)
   logging.info("Mesh %s over %d devices (%d processes); params over %s; backend %s; compute dtype %s",
                dict(mesh.shape), mesh.size, jax.process_count(),
-               shd.param_axes(mesh, bool(config.train.fsdp)) or "no axis (replicated)", jax.default_backend(),
+               shd.param_axes(mesh, options.fsdp) or "no axis (replicated)", jax.default_backend(),
                config.model.dtype)
   model = build_model(options)
   train_data, steps_per_epoch = None, 1
@@ -137,10 +139,16 @@ def build_setup(config, *, train: bool) -> Setup:
     logging.info("Parameter groups (config.optim.param_groups):\n%s", optim.group_table(abstract.params, options.optim))
   setup = Setup(config, options, ann, mesh, model, steps_per_epoch, abstract, tx, shardings, train_data)
   if config.data.use_tfds:  # the record images are checked as each eval pipeline is built: build them now
-    for split in datasets.run_splits(config) if train else config.eval.splits:
+    for split in run_splits(config) if train else config.eval.splits:
       if split != "train":
         setup.eval_batches(split)
   return setup
+
+
+def run_splits(config) -> tuple[str, ...]:
+  """The splits a training run reads: train, ``config.eval.splits`` and ``config.eval.select_on`` (unless "none")."""
+  wanted = ("train", *config.eval.splits, config.eval.select_on)
+  return tuple(s for s in dict.fromkeys(wanted) if s in SPLITS)
 
 
 def write_config(config, path: str) -> None:
@@ -182,12 +190,24 @@ def has_pretrained(config) -> bool:
   return any(config.init.get(f) for f in ("clip", "bert", "vit", "resnet", "run"))
 
 
+def init_run_spec(init) -> str | None:
+  """``init.run`` (``config.init``: "WORKDIR[:STEP]") or None; raises when it is set together with init.clip / bert
+  / vit / resnet."""
+  if not init.get("run"):
+    return None
+  if any(init.get(f) for f in ("clip", "bert", "vit", "resnet")):
+    raise UserError("config.init.run is set together with config.init.clip/bert/vit/resnet: choose one")
+  return str(init.run)
+
+
 def initial_state(s: Setup):
   """A freshly initialised TrainState (with the ``config.init.*`` weights that are set; ``init.run`` last)."""
+  init = s.config.init
+  run_spec = init_run_spec(init)
   state, _, _ = state_lib.create_train_state(s.options, s.model, s.mesh, jax.random.PRNGKey(int(s.config.seed)),
                                              steps_per_epoch=s.steps_per_epoch,
-                                             clip_params=pretrained_clip_params(s.config.init, s.options.clip),
-                                             pretrained=pretrained_backbone_params(s.config.init, s.options))
-  if s.config.init.get("run"):  # the matching params of another run of this project (training/init_from_run.py)
-    state = init_from_run.initialise_from_run(state, s.config, s.mesh, s.tx, s.shardings)
+                                             clip_params=pretrained_clip_params(init, s.options.clip),
+                                             pretrained=pretrained_backbone_params(init, s.options))
+  if run_spec:  # the matching params of another run of this project (training/init_from_run.py)
+    state = init_from_run.initialise_from_run(state, run_spec, init.get("run_exclude"), s.mesh, s.tx, s.shardings)
   return state

@@ -47,7 +47,7 @@ def _init_fn(model, batch):
 
 def _init_batch(options: Options, example_batch: Mapping[str, np.ndarray] | None) -> dict[str, jax.Array]:
   if example_batch is None:
-    example_batch = batch_lib.fake_train_batch(options, INIT_BATCH_SIZE)
+    example_batch = batch_lib.fake_train_batch(options.batch_options, INIT_BATCH_SIZE)
   return {k: jnp.asarray(v) for k, v in example_batch.items()}
 
 
@@ -58,7 +58,7 @@ def abstract_train_state(options: Options, model, mesh, example_batch: Mapping[s
   The optimizer is ``options.optim`` / ``options.schedule``'s. Params and optimizer state are FSDP-sharded over the
   mesh's "fsdp" axis when it has several devices (arrays of at least ``options.fsdp_min_size`` elements), else
   replicated (``sharding.tree_shardings``)."""
-  tx = optim.create_optimizer(options, steps_per_epoch)
+  tx = optim.create_optimizer(options.optim, options.schedule, steps_per_epoch)
   rng = jax.random.PRNGKey(0)
   params = jax.eval_shape(_init_fn(model, _init_batch(options, example_batch)), rng)
   opt_state = jax.eval_shape(tx.init, params)

@@ -170,7 +170,7 @@ def _train_loop(s: Setup, workdir, writer, checkpointer, state, step: int, best:
   logging.info("%d train captions (%d skipped), %d steps/epoch, training steps %d..%d of %d",
                s.train_data.num_examples, s.train_data.num_skipped, s.steps_per_epoch, step, stop_step, total_steps)
   train_step = state_lib.make_train_step(s.options.loss, s.model, s.tx, mesh, s.shardings)
-  schedule = optim.make_schedule(s.options, s.steps_per_epoch)
+  schedule = optim.make_schedule(s.options.optim, s.options.schedule, s.steps_per_epoch)
   log_every = max(int(config.train.log_every_steps), 1)
   ckpt_every = int(config.train.checkpoint_every_steps) or s.steps_per_epoch
   eval_every = int(config.eval.every_epochs)

@@ -105,8 +105,9 @@ def convert_state_dict(state: Mapping[str, Any], image_size: tuple[int, int] | N
   return config, params
 
 
-def read_checkpoint(path: PathLike) -> tuple[dict[str, np.ndarray], dict | None, str]:
-  """A checkpoint folder / .safetensors / .npz → (name → numpy array, parsed config.json or None, source name)."""
+def read_weights(path: PathLike) -> tuple[dict[str, np.ndarray], dict | None, str]:
+  """A pretrained-weights folder / .safetensors / .npz → (name → numpy array, parsed config.json or None, source
+  name)."""
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
@@ -153,21 +154,22 @@ def load_clip(path: PathLike, image_size: tuple[int, int] | None = None, *, dtyp
               text_heads: int | None = None) -> tuple[CLIP, dict]:
   """Checkpoint → (CLIP module, params: nested dict of float32 numpy arrays) for images of ``image_size`` (H, W).
 
-  ``path``: an HF folder (model.safetensors + config.json), an OpenAI-layout .npz, or a .msgpack from ``convert``.
+  ``path``: an HF folder (model.safetensors + config.json), an OpenAI-layout .npz, or a .msgpack from ``convert_clip``.
   ``dtype``/``remat``/``attention_impl`` set the compute options of the returned module; params stay float32.
   """
   path = pathlib.Path(path)
   if path.suffix == ".msgpack":
     params, arch = load_params(path)
     if not arch:
-      raise CheckpointError(f"{path}: converted params carry no architecture; re-create it with the convert CLI")
+      raise CheckpointError(f"{path}: converted params carry no architecture; re-create it with "
+                            "python -m tpsearch_jax.models.convert_weights")
     config = CLIPConfig.from_dict(arch)
     if image_size is not None and tuple(image_size) != config.image_size:
       raise CheckpointError(f"{path}: converted for images {config.image_size}, requested {tuple(image_size)}; "
                             f"convert again from the original checkpoint (resampling twice is lossy)")
     check_params(params, config, str(path))
   else:
-    state, hf_config, source = read_checkpoint(path)
+    state, hf_config, source = read_weights(path)
     config, params = convert_state_dict(state, image_size, hf_config=hf_config, vision_heads=vision_heads,
                                         text_heads=text_heads, source=source)
   log.info("Loaded CLIP from %s: %s", path, layouts.architecture_summary(config))
@@ -184,7 +186,7 @@ def load_clip_params(path: PathLike, config: CLIPConfig) -> dict:
   return params
 
 
-def convert_checkpoint(src: PathLike, dst: PathLike, image_size: tuple[int, int] | None = None, *,
+def convert_clip(src: PathLike, dst: PathLike, image_size: tuple[int, int] | None = None, *,
                        vision_heads: int | None = None, text_heads: int | None = None) -> CLIPConfig:
   """Converts ``src`` (any ``load_clip`` input) once into a .msgpack at ``dst``; returns its architecture."""
   model, params = load_clip(src, image_size, vision_heads=vision_heads, text_heads=text_heads)

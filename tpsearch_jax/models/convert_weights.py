@@ -1,6 +1,6 @@
-"""Converts a pretrained checkpoint (CLIP, BERT, ImageNet ViT or ResNet) once into Flax params for a given image size.
+"""Converts pretrained weights (CLIP, BERT, ImageNet ViT or ResNet) once into Flax params for a given image size.
 
-  python -m tpsearch_jax.models.clip.convert --src=PATH --dst=FILE.msgpack --image_size=384,128
+  python -m tpsearch_jax.models.convert_weights --src=PATH --dst=FILE.msgpack --image_size=384,128
 
 PATH: an HF folder (model.safetensors + config.json) or an OpenAI-layout .npz (CLIP). The kind comes from
 config.json's model_type ("clip", "bert", "vit", "resnet"), or ``--kind``. The output loads with ``load_clip`` /
@@ -21,12 +21,12 @@ import pathlib
 from tpsearch_jax import user_errors
 from tpsearch_jax.models.bert.weights import convert_bert
 from tpsearch_jax.models.clip.layouts import architecture_summary
-from tpsearch_jax.models.clip.weights import convert_checkpoint
+from tpsearch_jax.models.clip.weights import convert_clip
 from tpsearch_jax.models.resnet.weights import convert_resnet
 from tpsearch_jax.models.vit.weights import convert_vit
 
 KINDS = ("clip", "bert", "vit", "resnet")
-PROGRAM = "python -m tpsearch_jax.models.clip.convert"
+PROGRAM = "python -m tpsearch_jax.models.convert_weights"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,8 +60,7 @@ def detect_kind(src: str) -> str:
 def convert(kind: str, src: str, dst: str, image_size, vision_heads=None, text_heads=None) -> str:
   """Converts ``src`` of ``kind`` into ``dst``; returns the architecture summary."""
   if kind == "clip":
-    return architecture_summary(convert_checkpoint(src, dst, image_size, vision_heads=vision_heads,
-                                                   text_heads=text_heads))
+    return architecture_summary(convert_clip(src, dst, image_size, vision_heads=vision_heads, text_heads=text_heads))
   if kind == "vit":
     return convert_vit(src, dst, image_size)
   return convert_bert(src, dst) if kind == "bert" else convert_resnet(src, dst)
