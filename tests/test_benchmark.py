@@ -11,15 +11,21 @@ import sys
 
 import pytest
 
+import conftest
 from tpsearch_jax import benchmark
 from tpsearch_jax.bench import profile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _env() -> dict:
+def _env(xla_cache: str | None = None) -> dict:
+  """The benchmark processes' environment; with ``xla_cache`` (conftest's session cache) they read and write the
+  programs they share (single-process runs: the cache is safe there), so compile times are cache hits."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
   env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+  if xla_cache:
+    env.update(JAX_COMPILATION_CACHE_DIR=xla_cache,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=str(conftest.CACHE_MIN_COMPILE_S))
   return env
 
 
@@ -28,14 +34,14 @@ def test_import_does_not_load_tensorflow():
   subprocess.run([sys.executable, "-c", code], check=True, env=_env(), cwd=ROOT, timeout=120)
 
 
-def test_ci_run_writes_records_and_prints_the_table(tmp_path):
+def test_ci_run_writes_records_and_prints_the_table(tmp_path, xla_cache):
   """One tiny method through every section, in a fresh process that must never import TensorFlow."""
   out = tmp_path / "bench.json"
   code = ("import sys\nfrom tpsearch_jax import benchmark\n"
           f"benchmark.main(['--preset=ci', '--methods=clip', '--out={out}'])\n"
           "assert 'tensorflow' not in sys.modules, 'tensorflow imported during the run'\n")
-  proc = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=tmp_path, timeout=300, capture_output=True,
-                        text=True)
+  proc = subprocess.run([sys.executable, "-c", code], env=_env(xla_cache), cwd=tmp_path, timeout=300,
+                        capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "| measurement | value | unit | config | note |" in proc.stdout
   payload = json.loads(out.read_text())
@@ -87,12 +93,12 @@ def test_unknown_skip_section_is_rejected():
     benchmark.parse_args(["--skip=train,bogus"])
 
 
-def test_accelerator_check_ci_path_writes_the_summary(tmp_path):
+def test_accelerator_check_ci_path_writes_the_summary(tmp_path, xla_cache):
   """benchmarks/accelerator_check.sh --preset=ci: every benchmark run of the script, then the merged table."""
   out = tmp_path / "acc"
   proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "accelerator_check.sh"), "--preset=ci", f"--out={out}",
-                         f"--python={sys.executable}"], env=_env(), cwd=ROOT, timeout=900, capture_output=True,
-                        text=True)
+                         f"--python={sys.executable}"], env=_env(xla_cache), cwd=ROOT, timeout=900,
+                        capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   for name in ("main", "xla_attention", "remat", "full_mlm_head"):
     assert (out / f"{name}.json").is_file() and (out / f"{name}.md").is_file(), name
