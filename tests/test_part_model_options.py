@@ -29,14 +29,16 @@ def _model(**changes):
   return PartModel(W, GRID, dataclasses.replace(BASE, **changes))
 
 
+# Every model call is jitted: one compile per program instead of one per op (eager), the bulk of this file's time.
 def _init(model):
   patches, tokens, valid = _inputs()
-  return model.init(jax.random.key(0), patches, tokens, valid,
-                    method=lambda m, p, t, v: (m.encode_image(p), m.encode_text(t, v)))["params"]
+  return jax.jit(lambda p, t, v: model.init(jax.random.key(0), p, t, v, method=lambda m, p, t, v: (
+      m.encode_image(p), m.encode_text(t, v))))(patches, tokens, valid)["params"]
 
 
 def _image(model, params, patches):
-  out, inter = model.apply({"params": params}, patches, method="encode_image", mutable=["intermediates"])
+  out, inter = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode_image", mutable=["intermediates"]))(
+      params, patches)
   return out, inter["intermediates"]["image_memory"][0]
 
 
@@ -60,8 +62,8 @@ def test_stop_gradient_cuts_the_map_only():
   for mode in ("through", "stop"):
     model = _model(foreground_grad=mode)
     params = _init(model)
-    loss = lambda q, p=params, m=model: jnp.sum(  # noqa: E731
-        m.apply({"params": dict(p, coarse_queries=q)}, patches, method="encode_image")["part"] ** 2)
+    loss = jax.jit(lambda q, p=params, m=model: jnp.sum(
+        m.apply({"params": dict(p, coarse_queries=q)}, patches, method="encode_image")["part"] ** 2))
     grads[mode] = np.asarray(jax.grad(loss)(params["coarse_queries"]))
     if mode == "stop":
       np.testing.assert_allclose(loss(params["coarse_queries"]), loss_through, rtol=1e-6)  # same forward
@@ -80,8 +82,9 @@ def test_modality_kv_norms():
   ln = same["decoder"]["layers_0"].pop("ln_kv")
   same["decoder"]["layers_0"].update(ln_kv_image=ln, ln_kv_text=ln)
   patches, tokens, valid = _inputs()
-  run = lambda m, p: (m.apply({"params": p}, patches, method="encode_image"),  # noqa: E731
-                      m.apply({"params": p}, tokens, valid, method="encode_text"))
+  runs = {m: jax.jit(lambda p, m=m: (m.apply({"params": p}, patches, method="encode_image"),
+                                     m.apply({"params": p}, tokens, valid, method="encode_text"))) for m in (shared, modal)}
+  run = lambda m, p: runs[m](p)  # noqa: E731
   for a, b in zip(jax.tree.leaves(run(shared, ps)), jax.tree.leaves(run(modal, same))):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   # changing the text norm moves the text outputs only
