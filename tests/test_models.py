@@ -73,6 +73,7 @@ def _model(method: str, dtype: str = "float32"):
 
 
 @functools.cache
+@functools.cache
 def _all_params():
   """Initialised parameters of the "combined" model (a super-set of every other method's tree)."""
   model = _model("combined")
