@@ -183,9 +183,9 @@ def test_split_scores_equal_an_independent_encoding(tmp_path_factory):
   on images read by the numpy preprocessing and captions tokenized here, one caption and image at a time."""
   info = search_fixtures.trained_run(tmp_path_factory)
   run = runs.load_run(info["workdir"], "auto")
-  data = annotations.read_annotations(run.config.data.name, run.config.data.root).split("test")
+  data = annotations.read_annotations(run.options.data.name, run.options.data.root).split("test")
   got = split_scores(run, data)
-  cfg = run.config.data
+  cfg = run.options.data
   images = np.stack([preprocess.load_eval_image(p, cfg.image_size, cfg.normalization) for p in data.image_paths])
   ids = text_tokenizers.caption_tokenizer(cfg)(data.captions, int(cfg.context_length))
   encode = jax.jit(lambda x, method: run.model.apply({"params": run.params}, x, method=method), static_argnums=1)

@@ -21,7 +21,7 @@ from tpsearch_jax.training import runs
 def top_k(workdir: str, split: str = "test", k: int = 5):
   """→ (EvalSplit, scores float32 [Q, G], hard query indices) of the run's selected checkpoint on ``split``."""
   run = runs.load_run(workdir, "auto")
-  ann = annotations.read_annotations(run.config.data.name, run.config.data.root)
+  ann = annotations.read_annotations(run.options.data.name, run.options.data.root)
   data = ann.split(split)
   return data, split_scores(run, data), hard_subset.hard_queries(ann.root, data)
 
@@ -30,7 +30,7 @@ def split_scores(run, data) -> np.ndarray:
   """A loaded run (``runs.load_run``) + EvalSplit → float32 [Q, G] caption-image scores of its embeddings."""
   from tpsearch_jax.data.pipeline.evaluation import eval_datasets  # TensorFlow: only when a run is scored
 
-  images, texts = eval_datasets(data, run.config.data, int(run.config.eval.batch_size))
+  images, texts = eval_datasets(data, run.options.data, int(run.config.eval.batch_size))
 
   def encode(batches, key, method):
     return np.concatenate([np.asarray(run.model.apply({"params": run.params}, b[key], method=method))[b["valid"]]
