@@ -26,12 +26,16 @@ def test_paired_difference_uses_the_common_seeds_and_the_sample_std():
   assert math.isnan(paired.paired_difference({0: 1.0}, {0: 2.0})["se"])
 
 
-def test_best_reference_is_the_highest_mean_of_the_column():
+def test_best_reference_is_the_highest_mean_of_the_column_among_the_most_seeds():
   found = {"a": _runs({0: 50.0, 1: 52.0}, {0: 40.0}), "b": _runs({0: 51.0, 1: 53.0}, {0: 30.0}), "c": _runs({0: 99.0})}
   test_r1, hard_r1 = paired.COLUMNS[0][1], paired.COLUMNS[1][1]
   assert paired.best_reference(found, ("a", "b"), test_r1) == "b"  # "c" is not a reference
   assert paired.best_reference(found, ("a", "b"), hard_r1) == "a"
   assert paired.best_reference(found, ("x",), test_r1) is None
+  # a reference with fewer seeds is not chosen, whatever its mean: it would pair with fewer seeds
+  found["d"] = _runs({0: 60.0}, {0: 45.0})
+  assert paired.best_reference(found, ("a", "b", "d"), test_r1) == "b"
+  assert paired.best_reference(found, ("a", "b", "d"), hard_r1) == "d"  # every reference has 1 seed of test_hard
 
 
 def test_paired_table_marks_differences_beyond_two_standard_errors():

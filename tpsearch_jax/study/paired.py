@@ -49,8 +49,11 @@ def by_seed(runs: Sequence[Mapping], value: Callable[[Mapping], float | None]) -
 
 def best_reference(found: Mapping[str, Sequence[Mapping]], reference: Sequence[str],
                    value: Callable[[Mapping], float | None]) -> str | None:
-  """The method of ``reference`` with the highest mean of ``value`` over its seeds (None: none has a value)."""
-  means = {m: np.mean(list(v.values())) for m in reference if (v := by_seed(found.get(m, ()), value))}
+  """The method of ``reference`` with the highest mean of ``value`` over its seeds, among those with the most seeds (a
+  reference still missing seeds would pair with fewer of them); None: none has a value."""
+  values = {m: v for m in reference if (v := by_seed(found.get(m, ()), value))}
+  most = max((len(v) for v in values.values()), default=0)
+  means = {m: np.mean(list(v.values())) for m, v in values.items() if len(v) == most}
   return max(means, key=means.get) if means else None
 
 
@@ -102,7 +105,8 @@ def paired_tables(found: Mapping[str, Sequence[Mapping]], reference: Sequence[st
       lines.append(f"| `{method}` | {len(runs)} | " + " | ".join(
           mean_spread(by_seed(runs, value).values(), standard_error=True) for _, value in COLUMNS) + " |")
   best = [best_reference(found, reference, value) for _, value in COLUMNS]
-  lines += ["", "Paired difference to the best of " + ", ".join(f"`{m}`" for m in reference) + " in each column ("
+  lines += ["", "Paired difference to the best of " + ", ".join(f"`{m}`" for m in reference) + " in each column, "
+            "among those with the most seeds ("
             + ", ".join(f"{label}: `{b}`" for (label, _), b in zip(COLUMNS, best) if b) + "), mean ± s.e. over the "
             "seeds both have; ** where |difference| > 2 s.e.", "",
             "| method | " + " | ".join(label for label, _ in COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
