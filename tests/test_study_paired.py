@@ -82,3 +82,16 @@ def test_summary_with_unfinished_methods_and_held_out_results(tmp_path):
   diff = [line for line in pairs if line.startswith("| `p` |")][-1]
   assert diff.count("+2.50 ± 0.50 **") == 4  # every column: differences 3 and 2 (test rows carry the same R1)
   assert os.path.isfile(os.path.join(tmp_path, "heldout_r1.png"))
+
+
+def test_binding_table_means_each_measure_over_the_seeds_that_have_it():
+  def run(seed, share, chance, auc):
+    binding = {"foreground_auc": auc, "twin_gap": {"share": share, "chance": chance},
+               "part_attention": {"mass": [0.2, 0.4], "chance": [0.1, 0.1]},
+               "coarse_cosine": {"image": 0.5, "text": 0.7}}
+    return {"seed": seed, "rows": {"test": {"R1": 1.0, "binding": binding}}}
+  found = {"p": [run(0, 0.1, 0.2, 0.8), run(1, float("nan"), float("nan"), 0.6)], "g": [{"seed": 0, "rows": {}}]}
+  header, _, row = paired.binding_table(found)
+  # AUC over both seeds (0.7); the twin gap over seed 0 alone (seed 1's is NaN); "g" has no binding: no row
+  assert row == "| `p` | 2 | 0.700 | 0.100 (0.200) | 0.300 (0.100) | 0.500 / 0.700 |", row
+  assert "twin-gap share" in header

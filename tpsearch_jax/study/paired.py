@@ -119,15 +119,22 @@ def paired_tables(found: Mapping[str, Sequence[Mapping]], reference: Sequence[st
   return lines
 
 
+def _nanmean(values) -> float:
+  """Mean of the finite values; NaN when there is none."""
+  v = np.asarray(values, np.float64)
+  return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
+
+
 def binding_table(found: Mapping[str, Sequence[Mapping]]) -> list[str]:
-  """Markdown: the binding measures of the test row (``binding``, part models only), means over seeds."""
+  """Markdown: the binding measures of the test row (``binding``, part models only), means over the seeds that have
+  each (a run older than a measure holds NaN for it)."""
   lines = ["| method | seeds | foreground AUC (chance 0.5) | twin-gap share (chance) | part attention mass (chance) "
            "| coarse cosine image / text |", "|---|---:|---:|---:|---:|---:|"]
   for method, runs in found.items():
     b = [r["rows"]["test"]["binding"] for r in runs if r["rows"].get("test", {}).get("binding")]
     if not b:
       continue
-    mean = lambda f: float(np.mean([f(x) for x in b]))  # noqa: E731
+    mean = lambda f: _nanmean([f(x) for x in b])  # noqa: E731
     lines.append(
         f"| `{method}` | {len(b)} | {mean(lambda x: x['foreground_auc']):.3f} | "
         f"{mean(lambda x: x['twin_gap']['share']):.3f} ({mean(lambda x: x['twin_gap']['chance']):.3f}) | "
