@@ -10,8 +10,8 @@ from the towers of ``configs/synthetic.py:pretrain``. Train that run first, at i
   (``config.seed``).
 - ``main`` holds the global methods, the two part presets with the recommended part recipe (``pcc``, ``combined``:
   ``synthetic_finetune.PART_RECIPE``) and with the lineage values (``pcc_lineage``, ``combined_lineage``).
-- ``ladder`` holds the part ladder (global → + coarse → + parts → + foreground = pcc_lineage; fixed margin vs CMR),
-  from ``configs/study_synthetic.py``.
+- ``ladder`` holds the part ladder (global → + coarse → + parts → + foreground = pcc_lineage; fixed margin vs
+  CMR), from ``configs/study_synthetic.py``.
 - ``switches`` holds the repairs of the part objective (docs/part_model.md), one at a time over pcc_lineage, and all
   of them together.
 - Every run has the same steps.

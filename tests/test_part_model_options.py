@@ -82,15 +82,15 @@ def test_modality_kv_norms():
   ln = same["decoder"]["layers_0"].pop("ln_kv")
   same["decoder"]["layers_0"].update(ln_kv_image=ln, ln_kv_text=ln)
   patches, tokens, valid = _inputs()
-  runs = {m: jax.jit(lambda p, m=m: (m.apply({"params": p}, patches, method="encode_image"),
-                                     m.apply({"params": p}, tokens, valid, method="encode_text"))) for m in (shared, modal)}
-  run = lambda m, p: runs[m](p)  # noqa: E731
-  for a, b in zip(jax.tree.leaves(run(shared, ps)), jax.tree.leaves(run(modal, same))):
+  run = {m: jax.jit(lambda p, m=m: (m.apply({"params": p}, patches, method="encode_image"),
+                                    m.apply({"params": p}, tokens, valid, method="encode_text")))
+         for m in (shared, modal)}
+  for a, b in zip(jax.tree.leaves(run[shared](ps)), jax.tree.leaves(run[modal](same))):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   # changing the text norm moves the text outputs only
   moved = jax.tree.map(lambda x: x, same)
   moved["decoder"]["layers_0"]["ln_kv_text"] = {"scale": ln["scale"] * 2.0, "bias": ln["bias"] + 0.5}
-  (img0, txt0), (img1, txt1) = run(modal, same), run(modal, moved)
+  (img0, txt0), (img1, txt1) = run[modal](same), run[modal](moved)
   np.testing.assert_array_equal(img0["part"], img1["part"])
   assert np.abs(np.asarray(txt0["part"]) - np.asarray(txt1["part"])).max() > 1e-3
 

@@ -1,7 +1,7 @@
 """Errors a user can fix, and the one way the command-line tools report them: one line, no traceback.
 
-Every command (``main``, ``search``, ``convert_weights``) runs its body through ``exit_on_user_error``: an exception of a
-``USER_FACING`` type prints ``<program>: error: <message>`` on stderr and returns status 2; ``--verbose`` (or
+Every command (``main``, ``search``, ``convert_weights``) runs its body through ``exit_on_user_error``: an exception
+of a ``USER_FACING`` type prints ``<program>: error: <message>`` on stderr and returns status 2; ``--verbose`` (or
 absl's ``--pdb``) lets it propagate with its traceback. Anything else is a bug and keeps its traceback. The
 processes then leave through ``exit_process``.
 """

@@ -84,8 +84,8 @@ def _cell(stat: Mapping[str, float] | None) -> str:
 
 
 def mean_spread(values, standard_error: bool) -> str:
-  """Values (None skipped) → "mean ± sample std", or "mean ± standard error" (std / √n); one value alone; "–" for
-  none."""
+  """Values (None skipped) → "mean ± sample std", or "mean ± standard error" (std / √n); one value alone; "–"
+  for none."""
   v = np.asarray([x for x in values if x is not None], np.float64)
   if not len(v):
     return "–"

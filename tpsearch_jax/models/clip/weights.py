@@ -187,7 +187,7 @@ def load_clip_params(path: PathLike, config: CLIPConfig) -> dict:
 
 
 def convert_clip(src: PathLike, dst: PathLike, image_size: tuple[int, int] | None = None, *,
-                       vision_heads: int | None = None, text_heads: int | None = None) -> CLIPConfig:
+                 vision_heads: int | None = None, text_heads: int | None = None) -> CLIPConfig:
   """Converts ``src`` (any ``load_clip`` input) once into a .msgpack at ``dst``; returns its architecture."""
   model, params = load_clip(src, image_size, vision_heads=vision_heads, text_heads=text_heads)
   save_params(params, dst, layouts.architecture_fields(model.config))
