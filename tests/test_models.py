@@ -30,9 +30,6 @@ B, NUM_CLASSES = 8, 8
 PIDS = np.array([0, 0, 1, 1, 2, 3, 5, 5], np.int32)
 METHODS = ("clip", "irra", "fmfa", "fmfa_paper", "pcc", "combined")
 EMBED_WEIGHTS = dict(global_=2.0, coarse=0.5, part=1.0)
-# Cheap XLA back-end: these tests check numerics, not speed; LLVM optimisation dominates their compile time.
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-jit = functools.partial(jax.jit, compiler_options=FAST)
 
 
 def _config(method: str, dtype: str = "float32") -> dict:
@@ -77,7 +74,7 @@ def _model(method: str, dtype: str = "float32"):
 def _all_params():
   """Initialised parameters of the "combined" model (a super-set of every other method's tree)."""
   model = _model("combined")
-  return jit(lambda b: model.init(_rngs(), b, train=True))(_batch())["params"]
+  return jax.jit(lambda b: model.init(_rngs(), b, train=True))(_batch())["params"]
 
 
 @functools.cache
@@ -92,7 +89,7 @@ def _loss_options(method: str):
 
 @functools.cache
 def _forward_fn(method: str, dtype: str = "float32"):
-  """jit((params, batch, key) → ((total, terms), model outputs))."""
+  """jax.jit((params, batch, key) → ((total, terms), model outputs))."""
   model, loss = _model(method, dtype), _loss_options(method)
 
   def forward(p, b, key):
@@ -102,7 +99,7 @@ def _forward_fn(method: str, dtype: str = "float32"):
       outputs = dict(outputs, mlm_logits=objectives.mlm_head_fn(model, p)(outputs["mlm_hidden"]))
     return terms, outputs
 
-  return jit(forward)
+  return jax.jit(forward)
 
 
 @functools.cache
@@ -115,7 +112,7 @@ def _forward(method: str):
 @functools.cache
 def _method_fn(method: str, name: str):
   model = _model(method)
-  return jit(lambda p, x: model.apply({"params": p}, x, method=name, mutable=["intermediates"]))
+  return jax.jit(lambda p, x: model.apply({"params": p}, x, method=name, mutable=["intermediates"]))
 
 
 def _call(method: str, name: str, x, params=None):
@@ -322,8 +319,8 @@ def test_bfloat16_compute_keeps_float32_params_losses_and_embeddings():
 def test_encode_equals_cosine_of_clip_pooled_features(method):
   batch, params = _batch(), _params(method)
   clip = CLIP(_model(method).clip_config)
-  _, pooled_v = jit(lambda p, x: clip.apply({"params": p}, x, method="encode_image"))(params["clip"], batch["images"])
-  _, pooled_t = jit(lambda p, x: clip.apply({"params": p}, x, method="encode_text"))(params["clip"],
+  _, pooled_v = jax.jit(lambda p, x: clip.apply({"params": p}, x, method="encode_image"))(params["clip"], batch["images"])
+  _, pooled_t = jax.jit(lambda p, x: clip.apply({"params": p}, x, method="encode_text"))(params["clip"],
                                                                                      batch["caption_ids"])
   want = _unit(np.asarray(pooled_v, np.float64)) @ _unit(np.asarray(pooled_t, np.float64)).T
   images, _ = _call(method, "encode_images", batch["images"])
@@ -398,11 +395,11 @@ def test_cross_former_and_mlm_head_match_numpy():
   text = r.standard_normal((2, 9, width)).astype(np.float32)
   image = r.standard_normal((2, 5, width)).astype(np.float32)
   former, head = CrossFormer(width, layers, heads), MLMHead(width, vocab, layers)
-  pf = jit(former.init)(jax.random.key(0), text, image)["params"]
-  ph = jit(head.init)(jax.random.key(1), text)["params"]
+  pf = jax.jit(former.init)(jax.random.key(0), text, image)["params"]
+  ph = jax.jit(head.init)(jax.random.key(1), text)["params"]
   noise = np.random.default_rng(4)
   pf = jax.tree.map(lambda x: x + 0.05 * noise.standard_normal(x.shape).astype(np.float32), pf)  # non-trivial LN/bias
-  got = jit(lambda a, b: head.apply({"params": ph}, former.apply({"params": pf}, a, b)))(text, image)
+  got = jax.jit(lambda a, b: head.apply({"params": ph}, former.apply({"params": pf}, a, b)))(text, image)
 
   p, q = _np(pf), _np(ph)
   x = _mha(p["cross_attn"], _ln(text.astype(np.float64), p["ln_pre_t"]), _ln(image.astype(np.float64), p["ln_pre_i"]))
@@ -423,12 +420,12 @@ def test_train_forward_encodes_captions_and_masked_copies_like_separate_text_pas
   tower on its own ids alone, and the MLM hidden states the cross-former on the separately encoded copies."""
   batch, params, model = _batch(), _params(method), _model(method)
   clip = CLIP(model.clip_config)
-  text = jit(lambda p, x: clip.apply({"params": p}, x, method="encode_text"))
+  text = jax.jit(lambda p, x: clip.apply({"params": p}, x, method="encode_text"))
   tokens, pooled = text(params["clip"], batch["caption_ids"])
   mlm_tokens, _ = text(params["clip"], batch["mlm_ids"])
-  image_tokens, _ = jit(lambda p, x: clip.apply({"params": p}, x, method="encode_image"))(params["clip"],
+  image_tokens, _ = jax.jit(lambda p, x: clip.apply({"params": p}, x, method="encode_image"))(params["clip"],
                                                                                           batch["images"])
-  want_hidden = jit(CrossFormer(model.clip_config.embed_dim, model.options.cross_layers, model.options.cross_heads
+  want_hidden = jax.jit(CrossFormer(model.clip_config.embed_dim, model.options.cross_layers, model.options.cross_heads
                                 ).apply)({"params": params["cross_former"]}, mlm_tokens, image_tokens)
   _, _, outputs = _forward(method)
   np.testing.assert_allclose(outputs["text"]["tokens"], tokens, atol=1e-5)
@@ -443,8 +440,8 @@ def test_cross_former_init_follows_irra():
   in_proj_bias and out_proj.bias, nn.Linear draws uniform(±1/√fan_in) (docs/methods.md §2.3, IRRA @cfc2378)."""
   width, layers = 64, 4
   x = jnp.zeros((1, 3, width))
-  pf = jit(CrossFormer(width, layers, 8).init)(jax.random.key(0), x, x)["params"]
-  ph = jit(MLMHead(width, 500, layers).init)(jax.random.key(1), x)["params"]
+  pf = jax.jit(CrossFormer(width, layers, 8).init)(jax.random.key(0), x, x)["params"]
+  ph = jax.jit(MLMHead(width, 500, layers).init)(jax.random.key(1), x)["params"]
   scale, proj, fc = width ** -0.5, width ** -0.5 * (2 * layers) ** -0.5, (2 * width) ** -0.5
   want = {("cross_attn", "query"): (scale, None), ("cross_attn", "value"): (scale, None),
           ("cross_attn", "out"): (proj, None)}
@@ -527,7 +524,7 @@ def test_grouped_decoding_equals_separate_decoding():
     apply = lambda x, g=None: decoder.apply(params, x, memory, valid, groups=g)[0]  # noqa: E731
     return apply(q, (3, 2)), apply(q[:3]), apply(q[3:]), apply(q)
 
-  joint, first, second, ungrouped = jit(run)(queries)
+  joint, first, second, ungrouped = jax.jit(run)(queries)
   np.testing.assert_allclose(joint[:, :3], first, atol=1e-5)
   np.testing.assert_allclose(joint[:, 3:], second, atol=1e-5)
   assert np.max(np.abs(joint - ungrouped)) > 1e-3  # the grouping does change the result
@@ -577,7 +574,7 @@ def test_sharded_train_step_matches_single_device(method):
 
   params = jax.device_put(_params(method), rep)
   batch = jax.device_put(_batch(), data)
-  new, _, loss, terms, gmax = jit(step)(params, jax.device_put(tx.init(params), rep), batch,
+  new, _, loss, terms, gmax = jax.jit(step)(params, jax.device_put(tx.init(params), rep), batch,
                                         jax.random.key(7))
   assert batch["images"].sharding.spec == P("data")
   total, ref_terms, _ = _forward(method)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from tpsearch_jax.loss_inputs import as_f32, check_pair, check_valid, pad_rows
+from tpsearch_jax.reductions import max_along, min_along
 
 _F32 = jnp.float32
 
@@ -132,7 +133,7 @@ def asdm_loss(image_feats, text_feats, pids, logit_scale=50.0, alpha=0.1, gap="c
 
     def gap_of(cos):
       p = jax.nn.softmax(masked(logit_scale * cos), axis=1)
-      return jnp.max(p, axis=1) - p[rows, rows]
+      return max_along(p, axis=1) - p[rows, rows]
   w_i2t = 1.0 + alpha * gap_of(c.T)
   w_t2i = 1.0 + alpha * gap_of(c)
   return _masked_mean(w_i2t * r_i2t, valid) + _masked_mean(w_t2i * r_t2i, valid)
@@ -212,8 +213,8 @@ def _sparse_aggregate(text_tokens, image_patches, text_mask, safe, inclusive):
   """
   n = image_patches.shape[1]
   a = jnp.einsum("bld,bnd->bln", text_tokens, image_patches)
-  lo = jnp.min(a, axis=-1, keepdims=True)
-  span = jnp.max(a, axis=-1, keepdims=True) - lo
+  lo = min_along(a, axis=-1, keepdims=True)
+  span = max_along(a, axis=-1, keepdims=True) - lo
   if safe:
     span = span + 1e-6
   if text_mask is not None:
@@ -241,7 +242,7 @@ def _hard_coding_similarity(x, e, x_mask, e_mask, temperature, row_block):
     sim = jnp.einsum("ld,jmd->jlm", x_i, e_hat)  # [B, Lx, Le]
     if e_mask is not None:
       sim = jnp.where(e_mask[:, None, :], sim, -jnp.inf)
-    z = jnp.where(m_i[None, :], jnp.max(sim, axis=-1) / temperature, -jnp.inf)
+    z = jnp.where(m_i[None, :], max_along(sim, axis=-1) / temperature, -jnp.inf)
     return jax.nn.logsumexp(z, axis=-1)
 
   return jax.lax.map(one_row, (x_hat, x_mask), batch_size=min(row_block, x.shape[0]))

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from tpsearch_jax.loss_inputs import as_f32, check_pair, check_valid, pad_rows
+from tpsearch_jax.reductions import max_along, min_along
 
 _F32 = jnp.float32
 MININGS = ("semi_hard", "batch_all", "batch_hard")
@@ -223,8 +224,8 @@ def _anchor_losses(s: jax.Array, pids: jax.Array, hinge: jax.Array, mining: str,
     count = jnp.sum(pairs, axis=(1, 2)).astype(jnp.float32)
     per = jnp.sum(jnp.where(pairs, h, 0.0), axis=(1, 2)) / jnp.maximum(count, 1.0)
   else:
-    hardest_pos = jnp.min(jnp.where(pos, s, jnp.inf), axis=1)
-    hardest_neg = jnp.max(jnp.where(neg, s, -jnp.inf), axis=1)
+    hardest_pos = min_along(jnp.where(pos, s, jnp.inf), axis=1)
+    hardest_neg = max_along(jnp.where(neg, s, -jnp.inf), axis=1)
     per = jax.nn.relu(hinge - jnp.where(has_neg, hardest_pos, 0.0) + jnp.where(has_neg, hardest_neg, 0.0))
   per = jnp.where(has_neg, per, 0.0)
   return per if valid is None else jnp.where(valid, per, 0.0)

@@ -29,6 +29,7 @@ from tpsearch_jax.models.resnet import ResNet, load_resnet50, merge_stats
 from tpsearch_jax.models.resnet import model as resnet_model
 from tpsearch_jax.models.vit import VisionTransformer, load_vit
 from tpsearch_jax.models.vit import model as vit_model
+from tpsearch_jax.reductions import max_along
 
 BACKBONES = ("clip", "vit_bert", "rn50_bert")
 # The path of every frozen BatchNorm statistic in the retrieval model's params (lr 0, no weight decay).
@@ -80,7 +81,7 @@ def encode_image(model, images: jax.Array) -> tuple[jax.Array, jax.Array]:
   feats = model.image_backbone(images)
   if model.options.backbone == "rn50_bert":
     tokens = model.image_proj(feats.reshape(feats.shape[0], -1, feats.shape[-1]))
-    pooled = jnp.max(tokens, axis=1)
+    pooled = max_along(tokens, axis=1)
     return jnp.concatenate([pooled[:, None], tokens], axis=1), pooled
   tokens = model.image_proj(feats)
   return tokens, tokens[:, 0]

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tpsearch_jax.models.blocks import LN_EPS, MLP, Transformer
+from tpsearch_jax.reductions import max_along, min_along
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +82,7 @@ def weight_features(memory: jax.Array, fg: jax.Array, features: str = "signed") 
   fg ⊙ (M − min_n M) + min_n M ("shifted", min over the N positions per image and channel)."""
   w = fg[..., None].astype(memory.dtype)
   if features == "shifted":
-    low = jnp.min(memory, axis=1, keepdims=True)
+    low = min_along(memory, axis=1, keepdims=True)
     return (memory - low) * w + low
   return memory * w
 
@@ -90,7 +91,8 @@ def stripe_max(x: jax.Array, grid: tuple[int, int], parts: int) -> jax.Array:
   """Row-major tokens [B, gh·gw, W] → per-stripe max over rows and columns [B, parts, W]."""
   gh, gw = grid
   x = x.reshape(x.shape[0], gh, gw, x.shape[-1])
-  return jnp.stack([jnp.max(x[:, a:b], axis=(1, 2)) for a, b in stripe_bounds(gh, parts)], axis=1)
+  return jnp.stack([max_along(x[:, a:b].reshape(x.shape[0], -1, x.shape[-1]), axis=1)
+                    for a, b in stripe_bounds(gh, parts)], axis=1)
 
 
 class Attention(nn.Module):

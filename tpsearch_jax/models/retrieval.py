@@ -28,6 +28,7 @@ from tpsearch_jax.models.part_decoder import PartModel, PartOptions, stripe_boun
 from tpsearch_jax.models.resnet import ResNetConfig
 from tpsearch_jax.models.vit import ViTConfig
 from tpsearch_jax.objectives import Heads
+from tpsearch_jax.reductions import max_along
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +93,7 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 
 def _masked_max(tokens: jax.Array, valid: jax.Array) -> jax.Array:
   """Max over the valid positions: tokens [B, L, E], valid [B, L] → [B, E] (zeros for a row with none)."""
-  x = jnp.max(jnp.where(valid[..., None], tokens, -jnp.inf), axis=1)
+  x = max_along(jnp.where(valid[..., None], tokens, -jnp.inf), axis=1)
   return jnp.where(jnp.any(valid, axis=1)[:, None], x, 0)
 
 
@@ -130,7 +131,7 @@ class RetrievalModel(nn.Module):
     else:
       tokens, cls = backbones.encode_image(self, images)
     patches = tokens[:, 1:]
-    out = {"tokens": tokens, "global": cls if self.options.global_pool == "token" else jnp.max(patches, axis=1)}
+    out = {"tokens": tokens, "global": cls if self.options.global_pool == "token" else max_along(patches, axis=1)}
     if self.options.use_parts:
       out.update(self.part_model.encode_image(patches))
     return out
