@@ -17,13 +17,14 @@ import jax.numpy as jnp
 
 def max_along(x: jax.Array, axis: int, keepdims: bool = False) -> jax.Array:
   """Max of x over one axis (any shape; that axis removed unless ``keepdims``); gradient to the first maximum."""
-  index = jnp.expand_dims(jnp.argmax(x, axis=axis), axis)
-  value = jnp.take_along_axis(x, index, axis=axis)
-  return value if keepdims else jnp.squeeze(value, axis)
+  return _read_at(x, jnp.argmax(x, axis=axis), axis, keepdims)
 
 
 def min_along(x: jax.Array, axis: int, keepdims: bool = False) -> jax.Array:
   """Min of x over one axis (any shape; that axis removed unless ``keepdims``); gradient to the first minimum."""
-  index = jnp.expand_dims(jnp.argmin(x, axis=axis), axis)
-  value = jnp.take_along_axis(x, index, axis=axis)
+  return _read_at(x, jnp.argmin(x, axis=axis), axis, keepdims)
+
+
+def _read_at(x: jax.Array, index: jax.Array, axis: int, keepdims: bool) -> jax.Array:
+  value = jnp.take_along_axis(x, jnp.expand_dims(index, axis), axis=axis)
   return value if keepdims else jnp.squeeze(value, axis)
