@@ -16,7 +16,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Test programs are compiled for their numerics, not their speed: LLVM without its optimisation passes. Measured on
 # test_models + test_clip_model + test_train (2-core CPU, 2026-12-07): CPU time 266 → 225 s, the same results.
 FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
-for _flag in ("--xla_force_host_platform_device_count=8", *FAST_COMPILE_FLAGS):
+
+
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a process the tests start: ``devices`` virtual CPU devices, compiled like the tests' own."""
+  return " ".join((f"--xla_force_host_platform_device_count={devices}", *FAST_COMPILE_FLAGS))
+
+
+for _flag in xla_flags(8).split():
   if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 

@@ -21,8 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def _env(xla_cache: str | None = None) -> dict:
   """The benchmark processes' environment; with ``xla_cache`` (conftest's session cache) they read and write the
   programs they share (single-process runs: the cache is safe there), so compile times are cache hits."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=" ".join(("--xla_force_host_platform_device_count=8", *conftest.FAST_COMPILE_FLAGS)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=conftest.xla_flags(8))
   env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
   if xla_cache:
     env.update(JAX_COMPILATION_CACHE_DIR=xla_cache,

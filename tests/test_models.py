@@ -319,9 +319,10 @@ def test_bfloat16_compute_keeps_float32_params_losses_and_embeddings():
 def test_encode_equals_cosine_of_clip_pooled_features(method):
   batch, params = _batch(), _params(method)
   clip = CLIP(_model(method).clip_config)
-  _, pooled_v = jax.jit(lambda p, x: clip.apply({"params": p}, x, method="encode_image"))(params["clip"], batch["images"])
-  _, pooled_t = jax.jit(lambda p, x: clip.apply({"params": p}, x, method="encode_text"))(params["clip"],
-                                                                                     batch["caption_ids"])
+  encode_image = jax.jit(lambda p, x: clip.apply({"params": p}, x, method="encode_image"))
+  encode_text = jax.jit(lambda p, x: clip.apply({"params": p}, x, method="encode_text"))
+  _, pooled_v = encode_image(params["clip"], batch["images"])
+  _, pooled_t = encode_text(params["clip"], batch["caption_ids"])
   want = _unit(np.asarray(pooled_v, np.float64)) @ _unit(np.asarray(pooled_t, np.float64)).T
   images, _ = _call(method, "encode_images", batch["images"])
   texts, _ = _call(method, "encode_texts", batch["caption_ids"])
@@ -424,9 +425,9 @@ def test_train_forward_encodes_captions_and_masked_copies_like_separate_text_pas
   tokens, pooled = text(params["clip"], batch["caption_ids"])
   mlm_tokens, _ = text(params["clip"], batch["mlm_ids"])
   image_tokens, _ = jax.jit(lambda p, x: clip.apply({"params": p}, x, method="encode_image"))(params["clip"],
-                                                                                          batch["images"])
-  want_hidden = jax.jit(CrossFormer(model.clip_config.embed_dim, model.options.cross_layers, model.options.cross_heads
-                                ).apply)({"params": params["cross_former"]}, mlm_tokens, image_tokens)
+                                                                                              batch["images"])
+  former = CrossFormer(model.clip_config.embed_dim, model.options.cross_layers, model.options.cross_heads)
+  want_hidden = jax.jit(former.apply)({"params": params["cross_former"]}, mlm_tokens, image_tokens)
   _, _, outputs = _forward(method)
   np.testing.assert_allclose(outputs["text"]["tokens"], tokens, atol=1e-5)
   if model.options.global_pool == "token":
@@ -575,7 +576,7 @@ def test_sharded_train_step_matches_single_device(method):
   params = jax.device_put(_params(method), rep)
   batch = jax.device_put(_batch(), data)
   new, _, loss, terms, gmax = jax.jit(step)(params, jax.device_put(tx.init(params), rep), batch,
-                                        jax.random.key(7))
+                                            jax.random.key(7))
   assert batch["images"].sharding.spec == P("data")
   total, ref_terms, _ = _forward(method)
   np.testing.assert_allclose(loss, total, rtol=2e-5)

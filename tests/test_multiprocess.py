@@ -39,7 +39,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import FAST_COMPILE_FLAGS
+from conftest import xla_flags
 from tpsearch_jax import evaluate, user_errors
 from tpsearch_jax.config_files import load_config_module
 from tpsearch_jax.data import synthetic
@@ -142,8 +142,7 @@ class Job:
     for i in range(num_processes):
       env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "TPSEARCH_"))}
       env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), TF_CPP_MIN_LOG_LEVEL="2",
-                 XLA_FLAGS=" ".join((f"--xla_force_host_platform_device_count={devices}", *FAST_COMPILE_FLAGS)),
-                 JAX_COMPILATION_CACHE_DIR=cache,
+                 XLA_FLAGS=xla_flags(devices), JAX_COMPILATION_CACHE_DIR=cache,
                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
       if num_processes > 1:
         env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(num_processes),
