@@ -279,9 +279,12 @@ _ALL = pytest.mark.skipif(not os.environ.get("TPSEARCH_ALL_BACKBONE_RUNS"), reas
     ("pcc_paper_vit", _scratch_on_synthetic), ("pcc_paper_rn50", _converted_on_cuhk),
     pytest.param("pcc_paper_vit", _converted_on_cuhk, marks=_ALL),
     pytest.param("pcc_paper_rn50", _scratch_on_synthetic, marks=_ALL)])
-def test_preset_trains_and_evaluates(tmp_path, method, make):
+def test_preset_trains_and_evaluates(tmp_path, caplog, method, make):
+  """One epoch of the preset, on one of the session's devices (the trainer's ``devices``)."""
   c = make(tmp_path, method)
   c.schedule.num_epochs, c.schedule.milestones, c.eval.every_epochs = 1, (1,), 1
-  result = trainer.train_and_evaluate(c, str(tmp_path / "run"))
+  with caplog.at_level("INFO"):
+    result = trainer.train_and_evaluate(c, str(tmp_path / "run"), devices=jax.devices()[-1:])
+  assert "Mesh {'data': 1, 'fsdp': 1} over 1 devices" in caplog.text
   assert result["splits"]["test"]["num_queries"] > 0
   assert all(0 <= row["R1"] <= 100 for row in result["splits"].values())

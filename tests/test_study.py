@@ -6,6 +6,7 @@ import json
 import os
 import statistics
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -41,8 +42,11 @@ def test_variants_are_overrides_of_their_preset():
 def test_tiny_study_runs_resumes_and_summarizes(tmp_path):
   study = _tiny_study(str(tmp_path / "data"))
   out = str(tmp_path / "study")
-  first = run_study(study, out)
+  first = run_study(study, out, devices=jax.devices()[:1])  # one device: the runs' steps are tiny
   assert [r["status"] for r in first] == ["trained", "trained"]
+  for m in study.methods:
+    with open(os.path.join(out, m, "seed0", "study_run.json")) as f:
+      assert json.load(f)["devices"] == 1, m
   results = [os.path.join(out, m, "seed0", "results.json") for m in study.methods]
   stamps = [os.path.getmtime(p) for p in results]
   second = run_study(study, out)

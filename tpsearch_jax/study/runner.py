@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -52,8 +53,10 @@ def is_finished(workdir: str) -> bool:
   return os.path.isfile(os.path.join(workdir, RESULTS_FILE))
 
 
-def run_study(study, out: str) -> list[dict]:
-  """Trains every unfinished (method, seed) of ``study`` under ``out`` → [{"method", "seed", "status"}]."""
+def run_study(study, out: str, devices: Sequence[jax.Device] | None = None) -> list[dict]:
+  """Trains every unfinished (method, seed) of ``study`` under ``out`` → [{"method", "seed", "status"}].
+
+  devices: what each run trains on (``trainer.train_and_evaluate``'s; default: every device)."""
   from tpsearch_jax.training import trainer  # TF-side import, only when something trains
 
   done = []
@@ -66,7 +69,7 @@ def run_study(study, out: str) -> list[dict]:
         continue
       resumed = os.path.isdir(os.path.join(workdir, "checkpoints"))
       load0, t0 = os.getloadavg(), time.time()
-      payload = trainer.train_and_evaluate(run_config(study, method, seed), workdir)
+      payload = trainer.train_and_evaluate(run_config(study, method, seed), workdir, devices=devices)
       wall = time.time() - t0
       if payload.get("preempted"):
         logging.warning("study: stopped during %s seed %d; rerun to resume", method, seed)
@@ -75,7 +78,7 @@ def run_study(study, out: str) -> list[dict]:
       record = {"method": method, "seed": int(seed), "wall_s": round(wall, 1), "resumed": resumed,
                 "load_avg_start": [round(v, 2) for v in load0], "load_avg_end": [round(v, 2) for v in os.getloadavg()],
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "jax": jax.__version__,
-                "backend": jax.default_backend(), "devices": jax.device_count(), "cpus": os.cpu_count(),
+                "backend": jax.default_backend(), "devices": len(devices) if devices else jax.device_count(), "cpus": os.cpu_count(),
                 "machine": platform.processor() or platform.machine()}
       with open(os.path.join(workdir, RUN_FILE), "w") as f:
         json.dump(record, f, indent=1)

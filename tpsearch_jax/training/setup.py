@@ -4,6 +4,7 @@ mesh, model, abstract state, eval data and the query subsets reported beside the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -109,10 +110,11 @@ def subset_names(config) -> tuple[str, ...]:
   return names
 
 
-def build_setup(config, *, train: bool) -> Setup:
+def build_setup(config, *, train: bool, devices: Sequence[jax.Device] | None = None) -> Setup:
   """Reads the data of ``config`` (resolved: ``config_checks.resolve_config``; for training, screens it and sizes
   the epoch), fills ``model.num_classes`` from it, reads the run's ``Options`` once, builds the model and the
-  abstract state. Writes no file (``write_config`` does, once a run is known to start or resume legitimately)."""
+  abstract state on a mesh over ``devices`` (default: every device). Writes no file (``write_config`` does, once a
+  run is known to start or resume legitimately)."""
   subset_names(config)  # cheap checks before touching the data
   # Read before the options: the train split decides num_classes (in eval-only runs too).
   ann = datasets.load_annotations(ml_collections.FrozenConfigDict(config.data), run_splits(config))
@@ -121,7 +123,7 @@ def build_setup(config, *, train: bool) -> Setup:
   warn_if_test_selection(config)
   if config.eval.select_on == "val" and not ann.spec.has_val:
     raise UserError(f"{ann.spec.display_name} has no val split: set --config.eval.select_on=none or =test")
-  mesh = shd.run_mesh(options.mesh_sizes, options.fsdp)
+  mesh = shd.run_mesh(options.mesh_sizes, options.fsdp, devices)
   check_parallelism(config, mesh)
   logging.info("Mesh %s over %d devices (%d processes); params over %s; backend %s; compute dtype %s",
                dict(mesh.shape), mesh.size, jax.process_count(),

@@ -83,16 +83,19 @@ def _flatten(d: Mapping, prefix: str = "") -> dict:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       callbacks: Sequence[Callable[[int], None]] = ()) -> dict:
+                       callbacks: Sequence[Callable[[int], None]] = (),
+                       devices: Sequence[jax.Device] | None = None) -> dict:
   """Trains (resuming from ``workdir``), evaluates, writes ``workdir/results.json``; returns its payload.
 
   callbacks: called with the step number after every train step (e.g. extra periodic actions).
+  devices: what ``config.mesh`` lays out (default: every device of every process); e.g. ``jax.devices()[:1]`` trains
+  a small model on one device of a host with several, where splitting its steps would cost more than it gains.
   Returns {"preempted": True, "step": n} without the final evaluation when stopped by SIGTERM.
   """
   workdir = ckpt_lib.resolve_dir(workdir)
   config = resolve_config(config)
   resume_checks.check_run_identity(config, workdir)  # before anything is written
-  s = build_setup(config, train=True)  # the input pipeline hides the GPUs from TF before CLU starts it
+  s = build_setup(config, train=True, devices=devices)  # the input pipeline hides the GPUs from TF before CLU starts it
   for note in ckpt_lib.quarantined(workdir):
     logging.warning("quarantined: %s", note)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(s.config.train.keep_checkpoints),
