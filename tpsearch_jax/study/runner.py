@@ -78,7 +78,8 @@ def run_study(study, out: str, devices: Sequence[jax.Device] | None = None) -> l
       record = {"method": method, "seed": int(seed), "wall_s": round(wall, 1), "resumed": resumed,
                 "load_avg_start": [round(v, 2) for v in load0], "load_avg_end": [round(v, 2) for v in os.getloadavg()],
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "jax": jax.__version__,
-                "backend": jax.default_backend(), "devices": len(devices) if devices else jax.device_count(), "cpus": os.cpu_count(),
+                "backend": jax.default_backend(), "devices": len(devices) if devices else jax.device_count(),
+                "cpus": os.cpu_count(),
                 "machine": platform.processor() or platform.machine()}
       with open(os.path.join(workdir, RUN_FILE), "w") as f:
         json.dump(record, f, indent=1)
